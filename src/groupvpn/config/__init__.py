@@ -1,0 +1,1 @@
+"""Junos-style configuration: parser and typed model."""

@@ -1,0 +1,1 @@
+"""Operator-facing commands: show output, lab topology, decode."""

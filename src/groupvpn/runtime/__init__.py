@@ -1,0 +1,1 @@
+"""asyncio drivers: sockets, timers, control socket, daemons."""
