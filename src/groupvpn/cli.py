@@ -1,18 +1,29 @@
-"""The `groupvpn` command line: one subcommand per operator task."""
+"""The `groupvpn` command line: one subcommand per operator task.
+
+Each command module exposes ``register(subparsers)``, which adds its
+parser and sets ``func`` (taking the parsed args, returning an exit status).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import __version__
 
+Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+# One line per command module; keep sorted by command name.
+COMMANDS: tuple[Registrar, ...] = ()
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="groupvpn", description=__doc__)
+    parser = argparse.ArgumentParser(prog="groupvpn", description="GDOI group VPN key server and member")
     parser.add_argument("--version", action="version", version=f"groupvpn {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for register in COMMANDS:
+        register(subparsers)
     return parser
 
 
