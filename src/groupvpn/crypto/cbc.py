@@ -11,15 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+# (3)DES lives in "decrepit" since cryptography 43; the old location is gone in 48.
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher, algorithms, modes
 
 from ..wire.numbers import EncryptionAlgorithm, KekAlgorithm
 from .errors import CryptoError, InvalidKey, UnsupportedAlgorithm
-
-try:  # cryptography >= 43 keeps (3)DES here; the old location goes away in 48
-    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-except ImportError:  # pragma: no cover - cryptography 42
-    from cryptography.hazmat.primitives.ciphers.algorithms import TripleDES
 
 
 def _des(key: bytes) -> BlockCipherAlgorithm:
