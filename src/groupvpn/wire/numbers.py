@@ -88,6 +88,19 @@ class Situation(IntEnum):
     SIT_IDENTITY_ONLY = 1  # IPsec DOI
 
 
+# IPsec DOI situation bits that append labelled-domain fields (RFC 2407 §4.2.2).
+SIT_LABELLED = 0x06
+
+# Payload types 128-255 are private use (RFC 2408 §3.1); attribute classes,
+# GDOI protocol IDs, KD types and GAP/KEK attribute classes from 128 up are
+# private use in their registries (RFC 6407 §5.3-5.6).
+PRIVATE_USE = 128
+# IKE (RFC 2409 App. A) reserves attribute classes 16384-32767 for private use.
+IKE_PRIVATE_USE = 16384
+# RFC 2407 §4.6.2.1: ID types 249-255 are private use.
+ID_PRIVATE_USE = 249
+
+
 class ProtocolId(IntEnum):
     """IPsec DOI protocol identifiers (RFC 2407 §4.4.1); also Notify/Delete in DOI 0/1."""
 
@@ -99,11 +112,28 @@ class ProtocolId(IntEnum):
 
 
 class GdoiProtocol(IntEnum):
-    """GDOI protocol identifiers for SA TEK and Delete (RFC 6407 §5.5, §5.9)."""
+    """GDOI protocol identifiers for SA TEK and Delete (RFC 6407 §5.5, §5.9; RFC 8052 §2.2)."""
 
-    KEK = 0  # Delete of the rekey SA
+    KEK = 0  # Delete of the rekey SA; RESERVED in SA TEK
     IPSEC_ESP = 1
     IPSEC_AH = 2
+    IEC_61850 = 3
+
+
+class CertEncoding(IntEnum):
+    """Certificate encodings for CERT and CR payloads (RFC 2408 §3.9)."""
+
+    NONE = 0
+    PKCS7_X509 = 1
+    PGP = 2
+    DNS_SIGNED_KEY = 3
+    X509_SIGNATURE = 4
+    X509_KEY_EXCHANGE = 5
+    KERBEROS_TOKENS = 6
+    CRL = 7
+    ARL = 8
+    SPKI = 9
+    X509_ATTRIBUTE = 10
 
 
 class IsakmpTransformId(IntEnum):
@@ -450,7 +480,5 @@ class SidKeyAttribute(IntEnum):
 
 def name_of(enum: type[IntEnum], value: int) -> str:
     """Registry name of ``value`` for display, or ``UNKNOWN(n)`` when unassigned."""
-    try:
-        return enum(value).name
-    except ValueError:
-        return f"UNKNOWN({value})"
+    member = enum._value2member_map_.get(value)
+    return member.name if member is not None else f"UNKNOWN({value})"
