@@ -67,6 +67,52 @@ def test_modp_known_answer_group_14():
     assert g_xy[-16:].hex() == "8d5d16b0fb77d1346cd1afb833c7d6ee"
 
 
+# RFC 5903 §8.1-8.3 (the RFC text is not in specs/; values as quoted by several public test
+# suites, and they check each other: i and r give g^i, and i*g^r = r*g^i = the x of g^ir).
+RFC5903 = {
+    DhGroup.ECP_256: (
+        "c88f01f510d9ac3f70a292daa2316de544e9aab8afe84049c62a9c57862d1433",
+        "c6ef9c5d78ae012a011164acb397ce2088685d8f06bf9be0b283ab46476bee53",
+        "dad0b65394221cf9b051e1feca5787d098dfe637fc90b9ef945d0c3772581180"
+        "5271a0461cdb8252d61f1c456fa3e59ab1f45b33accf5f58389e0577b8990bb3",
+        "d6840f6b42f6edafd13116e0e12565202fef8e9ece7dce03812464d04b9442de",
+    ),
+    DhGroup.ECP_384: (
+        "099f3c7034d4a2c699884d73a375a67f7624ef7c6b3c0f160647b67414dce655"
+        "e35b538041e649ee3faef896783ab194",
+        "41cb0779b4bdb85d47846725fbec3c9430fab46cc8dc5060855cc9bda0aa2942"
+        "e0308312916b8ed2960e4bd55a7448fc",
+        None,
+        "11187331c279962d93d604243fd592cb9d0a926f422e47187521287e7156c5c4"
+        "d603135569b9e9d09cf5d4a270f59746",
+    ),
+    DhGroup.ECP_521: (
+        "0037ade9319a89f4dabdb3ef411aaccca5123c61acab57b5393dce47608172a0"
+        "95aa85a30fe1c2952c6771d937ba9777f5957b2639bab072462f68c27a57382d4a52",
+        "0145ba99a847af43793fdd0e872e7cdfa16be30fdc780f97bccc3f078380201e"
+        "9c677d600b343757a3bdbf2a3163e4c2f869cca7458aa4a4effc311f5cb151685eb9",
+        # x starts with a zero octet: coordinates keep their full 66-octet length.
+        "0015417e84dbf28c0ad3c278713349dc7df153c897a1891bd98bab4357c9ecbee1e3"
+        "bf42e00b8e380aeae57c2d107564941885942af5a7f4601723c4195d176ced3e"
+        "017cae20b6641d2eeb695786d8c946146239d099e18e1d5a514c739d7cb4a10ad8a7"
+        "88015ac405d7799dc75e7b7d5b6cf2261a6a7f1507438bf01beb6ca3926f9582",
+        "01144c7d79ae6956bc8edb8e7c787c4521cb086fa64407f97894e5e6b2d79b04"
+        "d1427e73ca4baa240a34786859810c06b3c715a3a8cc3151f2bee417996d19f3ddea",
+    ),
+}
+
+
+@pytest.mark.parametrize("number", ECP, ids=lambda g: g.name)
+def test_ecp_known_answers(number):
+    i, r, g_i, g_ir = RFC5903[number]
+    group = dh.group(number)
+    initiator, responder = group.keypair(int(i, 16)), group.keypair(int(r, 16))
+    if g_i is not None:
+        assert initiator.public_value.hex() == g_i
+    assert initiator.shared_secret(responder.public_value).hex() == g_ir
+    assert responder.shared_secret(initiator.public_value).hex() == g_ir
+
+
 def test_modp_public_value_is_left_padded():
     group = dh.group(DhGroup.MODP_768)
     pair = group.keypair(2)  # 2^2 = 4: one significant octet
