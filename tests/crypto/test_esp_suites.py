@@ -8,16 +8,14 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from groupvpn.crypto import cbc
-from groupvpn.crypto.errors import CryptoError, IntegrityError, InvalidKey, UnsupportedAlgorithm
-from groupvpn.crypto.suites import (
-    INTEGRITY,
-    SUITES,
-    CbcIvSource,
-    CounterIvSource,
-    EspKeys,
+from groupvpn.crypto.errors import (
+    CryptoError,
+    IntegrityError,
+    InvalidKey,
     IvSpaceExhausted,
-    esp_suite,
+    UnsupportedAlgorithm,
 )
+from groupvpn.crypto.suites import INTEGRITY, SUITES, CbcIvSource, CounterIvSource, EspKeys, esp_suite
 from groupvpn.wire.numbers import AuthAlgorithm, EspTransform
 
 
@@ -244,6 +242,7 @@ def test_suite_registry():
     "transform, key_bits, auth",
     [
         (EspTransform.AES_CBC, None, AuthAlgorithm.HMAC_SHA1),  # AES needs Key Length
+        (EspTransform.AES_CBC, 64, AuthAlgorithm.HMAC_SHA1),
         (EspTransform.AES_CBC, 128, None),  # no encryption-only ESP
         (EspTransform.AES_GCM_16, 128, AuthAlgorithm.HMAC_SHA1),  # GCM has no auth attribute
         (EspTransform.NULL, None, AuthAlgorithm.HMAC_SHA1),
@@ -254,6 +253,11 @@ def test_suite_registry():
 def test_unsupported_suites(transform, key_bits, auth):
     with pytest.raises(UnsupportedAlgorithm, match="ESP transform"):
         esp_suite(transform, key_bits, auth)
+
+
+def test_unsupported_suite_says_why():
+    with pytest.raises(UnsupportedAlgorithm, match="AES-CBC needs a key length"):
+        esp_suite(EspTransform.AES_CBC, None, AuthAlgorithm.HMAC_SHA1)
 
 
 def test_prepare_checks_key_sizes():

@@ -29,3 +29,7 @@ class IntegrityError(CryptoError):
 
 class SignatureError(CryptoError):
     """A GROUPKEY-PUSH signature did not verify."""
+
+
+class IvSpaceExhausted(CryptoError):
+    """A sender used up its counter-mode IVs for a TEK and must stop sending on it (RFC 6407 §3.5)."""

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..wire.numbers import AuthAlgorithm, EspTransform
 from .cbc import AES, DES, TRIPLE_DES, BlockCipher
-from .errors import CryptoError, IntegrityError, InvalidKey, UnsupportedAlgorithm
+from .errors import CryptoError, IntegrityError, InvalidKey, IvSpaceExhausted, UnsupportedAlgorithm
 
 HEADER_SIZE = 8  # SPI (4) | Sequence Number (4)
 GCM_SALT_SIZE = 4
@@ -293,10 +293,11 @@ def esp_suite(transform: int, key_bits: int | None = None, auth: int | None = No
         cipher = _CBC_CIPHERS.get(transform, AES)
         bits = cipher.key_size(key_bits) * 8
         return SUITES[(transform, bits, None if auth is None else AuthAlgorithm(auth))]
-    except (ValueError, KeyError, InvalidKey):
+    except (ValueError, KeyError, InvalidKey) as problem:
+        detail = f" ({problem})" if isinstance(problem, InvalidKey) else ""
         raise UnsupportedAlgorithm(
             f"ESP transform {transform} with key length {key_bits} "
-            f"and authentication algorithm {auth} is not supported"
+            f"and authentication algorithm {auth} is not supported{detail}"
         ) from None
 
 
@@ -317,10 +318,6 @@ class CbcIvSource:
     def next(self) -> bytes:
         self._counter += 1
         return self._ecb.update(self._counter.to_bytes(16, "big"))[: self._size]
-
-
-class IvSpaceExhausted(CryptoError):
-    """A sender used up its counter IVs for a TEK and must stop sending on it (RFC 6407 §3.5)."""
 
 
 class CounterIvSource:
