@@ -113,10 +113,10 @@ def _check_key_fits(scheme: SignatureScheme, key: rsa.RSAPublicKey | ec.Elliptic
     if scheme.algorithm is SigAlgorithm.RSA:
         if not isinstance(key, rsa.RSAPublicKey):
             raise InvalidKey("SIG_ALG_RSA needs an RSA key")
-    elif not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != _ECDSA[
-        scheme.algorithm
-    ][0].name:
-        raise InvalidKey(f"{scheme.algorithm.name} needs a {_ECDSA[scheme.algorithm][0].name} key")
+        return
+    curve = _ECDSA[scheme.algorithm][0]
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != curve.name:
+        raise InvalidKey(f"{scheme.algorithm.name} needs a {curve.name} key")
 
 
 def _verify_rsa(
