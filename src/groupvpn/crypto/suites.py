@@ -171,7 +171,8 @@ class CbcHmacContext:
         first = (int.from_bytes(plaintext[:bs], "big") ^ steer).to_bytes(bs, "big")
         ciphertext = self._encryptor.update(b"".join((first, memoryview(plaintext)[bs:])))
         self._chain = int.from_bytes(ciphertext[-bs:], "big")
-        return b"".join((iv, ciphertext, self._mac.icv(header8, iv, ciphertext)))
+        body = iv + ciphertext
+        return body + self._mac.icv(header8, body)
 
     def open(self, header8: bytes, body: bytes) -> bytes:
         _check_header(header8)
