@@ -15,6 +15,7 @@ from enum import IntEnum, IntFlag
 ISAKMP_VERSION = 0x10  # major 1, minor 0
 GDOI_PORT = 848
 IKE_PORT = 500
+NAT_T_PORT = 4500  # RFC 3948: IKE behind a non-ESP marker (4 zero octets), or UDP-encapsulated ESP
 
 
 class ExchangeType(IntEnum):
@@ -35,6 +36,13 @@ class ExchangeType(IntEnum):
 
 MAIN_MODE = ExchangeType.IDENTITY_PROTECTION
 QUICK_MODE = ExchangeType.GROUPKEY_PULL  # same number, IPsec DOI meaning
+
+
+class IpsecExchangeType(IntEnum):
+    """What the DOI-specific exchange numbers mean in the IPsec DOI (RFC 2409 App. A)."""
+
+    QUICK_MODE = 32
+    NEW_GROUP_MODE = 33
 
 
 class Flags(IntFlag):
