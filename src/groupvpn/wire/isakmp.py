@@ -511,5 +511,11 @@ class RawPayload(PayloadBase):
     def encode_body(self) -> bytes:
         return self.data
 
+    @staticmethod
+    def name_for(payload_type: int) -> str:
+        if payload_type >= n.PRIVATE_USE:
+            return f"private payload {payload_type}"
+        return n.PayloadType(payload_type).name
+
     def to_dict(self) -> dict[str, object]:
-        return {"payload": n.name_of(n.PayloadType, self.payload_type), "data": self.data.hex()}
+        return {"payload": self.name_for(self.payload_type), "data": self.data.hex()}

@@ -184,7 +184,7 @@ def _decode_chain(
     ptype, pos = first, 0
     while ptype != n.PayloadType.NONE:
         cls = _payload_class(ptype, exchange, base_offset + pos)
-        name = cls.NAME if cls is not None else n.name_of(n.PayloadType, ptype)
+        name = cls.NAME if cls is not None else RawPayload.name_for(ptype)
         next_type, length = read_generic_header(data, pos, name, base_offset)
         body = data[pos + GENERIC_HEADER.size : pos + length]
         body_offset = base_offset + pos + GENERIC_HEADER.size
@@ -202,8 +202,9 @@ def decode_payloads(
     ``base_offset`` is where ``plaintext`` starts in the message (28), so
     errors name offsets as if the message had been sent in clear.
     """
+    plaintext = bytes(plaintext)
     payloads, end = _decode_chain(first_payload, plaintext, exchange, base_offset)
-    return payloads, bytes(plaintext[end:])
+    return payloads, plaintext[end:]
 
 
 def encode_each(payloads: Sequence[Payload]) -> tuple[bytes, ...]:
@@ -303,10 +304,11 @@ class Message:
 
 def decode_message(datagram: bytes) -> Message:
     """Decode one ISAKMP datagram; an encrypted body is returned undecrypted."""
+    datagram = bytes(datagram)
     header = Header.decode(datagram)
     if header.length != len(datagram):
         raise WireError(HEADER_NAME, 24, f"Length is {header.length} but the datagram has {len(datagram)} octets")
-    body = bytes(datagram[HEADER.size :])
+    body = datagram[HEADER.size :]
     if header.flags & n.Flags.ENCRYPTION:
         if not body:
             raise WireError(HEADER_NAME, HEADER.size, "E flag set but there is no ciphertext")
