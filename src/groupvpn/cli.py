@@ -11,11 +11,14 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__
+from .ops import ike
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 # One line per command module; keep sorted by command name.
-COMMANDS: tuple[Registrar, ...] = ()
+COMMANDS: tuple[Registrar, ...] = (
+    ike.register,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -64,9 +64,9 @@ charon {{
             default = 1
             ike = 4
             chd = 2
-            enc = 1
+            enc = {enc}
             cfg = 2
-            net = 2
+            net = {net}
             knl = 1
         }}
     }}
@@ -176,9 +176,12 @@ class Charon:
     pair: NetnsPair
     host: Host
     workdir: Path
-    port: int = 848
-    port_nat_t: int = 4848
+    # charon expects a non-ESP marker on any datagram where neither port is 500
+    # (receiver.c); plain ISAKMP to or from charon therefore needs 500 on one side.
+    port: int = 500
+    port_nat_t: int = 4500
     retransmit_tries: int = 2
+    log_levels: tuple[int, int] = (1, 2)  # enc, net; raise to see every parsed field
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -198,6 +201,8 @@ class Charon:
                 port_nat_t=self.port_nat_t,
                 plugins=PLUGINS,
                 retransmit_tries=self.retransmit_tries,
+                enc=self.log_levels[0],
+                net=self.log_levels[1],
                 dir=self.workdir,
             )
         )
@@ -283,7 +288,7 @@ def psk_connection(
     remote: str,
     psk: str,
     proposals: str,
-    remote_port: int = 848,
+    remote_port: int = 500,
     name: str = "lab",
     remote_id: str | None = None,
     dpd_delay: int | None = None,
