@@ -1,68 +1,54 @@
-"""One of every message groupvpn sends, built with the project's wire codec and crypto.
+"""One of every message groupvpn sends, in one conversation between a group member and a key server.
 
-A whole conversation between a group member (GM) and a key server (KS):
-Main Mode 1-6 with a real group 14 Diffie-Hellman exchange and real key
-derivation, GROUPKEY-PULL 1-4 under that Phase 1 SA (Phase 2 IV rule),
-an encrypted DPD notify and IKE SA delete, a GROUPKEY-PUSH encrypted under
-the KEK the PULL delivered (and a clear copy, which tshark 4.0 can read),
-and the RFC 8263 acknowledgement.  Every message is sealed exactly as the
-RFCs say, so an independent decoder given only the Phase 1 cipher key (as
-an operator gives Wireshark) can follow Phase 1 and the PULL.
-
-Inputs are those of the digest's worked example (§11.F, §11.G) so the
-derived values can be checked against it.
+Main Mode 1-6, the DPD R-U-THERE / R-U-THERE-ACK and the IKE SA delete come
+from the project's own sans-IO Phase 1 initiator and responder talking to
+each other in memory (real group 14 Diffie-Hellman, real key derivation,
+deterministic randomness).  GROUPKEY-PULL 1-4 under that IKE SA (Phase 2
+IV rule), the GROUPKEY-PUSH under the KEK the PULL delivered (and a clear
+copy, which tshark 4.0 can read) and the RFC 8263 acknowledgement have no
+engine yet, so they are built here from the wire codec and crypto exactly
+as RFC 6407/8263 say.  An independent decoder given only the Phase 1
+cipher key (as an operator gives Wireshark) can follow Phase 1 and the PULL.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from ipaddress import IPv4Address, IPv4Network
 
 from tshark import Datagram
 
-from groupvpn.crypto import dh, gdoi, ikev1
-from groupvpn.crypto.cbc import ike_cipher, kek_cipher
+from groupvpn.crypto import gdoi, ikev1
+from groupvpn.crypto.cbc import kek_cipher
 from groupvpn.crypto.sig import SigningKey, signature_scheme
+from groupvpn.ike.initiator import Phase1Initiator
+from groupvpn.ike.proposals import Suite
+from groupvpn.ike.psk import PreSharedKey, PskStore
+from groupvpn.ike.responder import Phase1Responder
+from groupvpn.ike.sa import CbcChain, IkeSa
 from groupvpn.wire import numbers as n
 from groupvpn.wire.attributes import Attribute
 from groupvpn.wire.gdoi import Gap, GroupSa, IpsecTek, KeyDownload, KeyPacket, SaKek, SaTek, SequenceNumber
 from groupvpn.wire.ident import TrafficId
-from groupvpn.wire.isakmp import (
-    Delete,
-    Hash,
-    Identification,
-    KeyExchange,
-    Nonce,
-    Notify,
-    Proposal,
-    SecurityAssociation,
-    Signature,
-    Transform,
-    VendorId,
-)
+from groupvpn.wire.isakmp import Delete, Hash, Identification, KeyExchange, Nonce, Signature
 from groupvpn.wire.message import Header, Message, Payload, decode_message, encode_each, encode_payloads, first_type
 
 GM = "198.18.0.2"
 KS = "198.18.0.1"
 REKEY_GROUP = "239.192.18.1"
 GROUP_ID = 1234
+NOW = 1000.0
 
-HASH = n.HashAlgorithm.SHA2_256
-CIPHER = ike_cipher(n.EncryptionAlgorithm.AES_CBC)
-KEY_SIZE = 16
-DH_GROUP = dh.group(n.DhGroup.MODP_2048)
-PSK = b"gdoi-test-psk"
-ICOOKIE = bytes.fromhex("0102030405060708")
-RCOOKIE = bytes.fromhex("1112131415161718")
-NI_B = b"\xa0" * 16
-NR_B = b"\xb0" * 16
+SUITE = Suite.parse("aes128-sha256-modp2048")
+CIPHER = SUITE.cipher
+PSK = PreSharedKey(b"lab pre-shared key, 36 characters ..")
+MAIN_MODE = ("MM1", "MM2", "MM3", "MM4", "MM5", "MM6")
 PULL_MID = 0xC0FFEE01
 PULL_NI_B = b"\x5a" * 16
 PULL_NR_B = b"\x6b" * 16
-DPD_MID = 0x0DDBA11
-DELETE_MID = 0x5EED5EED
 
 KEK_SPI = bytes.fromhex("a1a2a3a4a5a6a7a8b1b2b3b4b5b6b7b8")
 KEK = gdoi.Kek(n.KekAlgorithm.AES, bytes(range(0x40, 0x50)), bytes(range(0x50, 0x60)))
@@ -78,21 +64,6 @@ TEK_NEXT_SPI = bytes.fromhex("23456789")
 def signing_key() -> SigningKey:
     """The KS push-signing key (2048-bit RSA; generated once per test run)."""
     return SigningKey.generate(n.SigAlgorithm.RSA)
-
-
-def phase1_sa(doi: n.DOI) -> SecurityAssociation:
-    """The digest §11.F offer: AES-128, SHA2-256, PSK, group 14, 86400 s (DOI 2 there)."""
-    attributes = (
-        Attribute.tv(n.IkeAttribute.ENCRYPTION_ALGORITHM, n.EncryptionAlgorithm.AES_CBC),
-        Attribute.tv(n.IkeAttribute.KEY_LENGTH, 128),
-        Attribute.tv(n.IkeAttribute.HASH_ALGORITHM, HASH),
-        Attribute.tv(n.IkeAttribute.AUTHENTICATION_METHOD, n.AuthMethod.PRE_SHARED_KEY),
-        Attribute.tv(n.IkeAttribute.GROUP_DESCRIPTION, n.DhGroup.MODP_2048),
-        Attribute.tv(n.IkeAttribute.LIFE_TYPE, n.LifeType.SECONDS),
-        Attribute.lifetime(n.IkeAttribute.LIFE_DURATION, 86400),
-    )
-    transform = Transform(1, n.IsakmpTransformId.KEY_IKE, attributes)
-    return SecurityAssociation((Proposal(1, n.ProtocolId.ISAKMP, (transform,)),), doi=doi)
 
 
 def sa_kek() -> SaKek:
@@ -186,7 +157,7 @@ class Conversation:
     phase1_doi: n.DOI
     phase1_port: int
     sent: list[Sent] = field(default_factory=list)
-    cipher_key: bytes = field(default=b"", repr=False)
+    ike_sa: IkeSa | None = field(default=None, repr=False)
 
     def add(self, label: str, src: str, dst: str, sport: int, dport: int, wire: bytes, payloads: Sequence[Payload]) -> None:
         self.sent.append(Sent(label, Datagram(src, dst, sport, dport, wire), decode_message(wire), tuple(payloads)))
@@ -200,20 +171,9 @@ class Conversation:
 
     @property
     def ike_keys(self) -> dict[bytes, bytes]:
-        return {ICOOKIE: self.cipher_key}
-
-
-@dataclass
-class _Chain:
-    """The running CBC IV of one exchange (RFC 2409 App. B)."""
-
-    key: bytes = field(repr=False)
-    iv: bytes
-
-    def seal(self, exchange: int, payloads: Sequence[Payload], message_id: int) -> bytes:
-        ciphertext = CIPHER.encrypt(self.key, self.iv, encode_payloads(payloads))
-        self.iv = ciphertext[-CIPHER.block_size :]
-        return Message.sealed(ICOOKIE, RCOOKIE, exchange, first_type(payloads), ciphertext, message_id=message_id).encode()
+        """What an operator gives a decoder: initiator cookie -> Phase 1 cipher key."""
+        assert self.ike_sa is not None
+        return {self.ike_sa.icookie: self.ike_sa.cipher_key}
 
 
 def _clear(icookie: bytes, rcookie: bytes, exchange: int, payloads: Sequence[Payload]) -> bytes:
@@ -241,6 +201,43 @@ def _push(payloads: Sequence[Payload], *, encrypt: bool) -> tuple[bytes, list[Pa
     return Message.sealed(icookie, rcookie, n.ExchangeType.GROUPKEY_PUSH, first_type(full), ciphertext).encode(), full
 
 
+def _main_mode(conv: Conversation, doi: n.DOI, port: int) -> tuple[Phase1Initiator, Phase1Responder]:
+    """Run our initiator against our responder and record the six messages."""
+    identity = Identification.of(IPv4Address(GM), 17, port)
+    initiator = Phase1Initiator((KS, port), PSK, [SUITE], identity, doi=doi, rng=random.Random("GM").randbytes)
+    responder = Phase1Responder(
+        PskStore.single(PSK), [SUITE], Identification.of(IPv4Address(KS), 17, port), rng=random.Random("KS").randbytes
+    )
+    out = initiator.start(NOW)
+    for i, label in enumerate(MAIN_MODE):
+        (datagram,) = out.datagrams
+        if i % 2 == 0:
+            conv.add(label, GM, KS, port, port, datagram.data, ())
+            out = responder.receive(datagram.data, (GM, port), NOW)
+        else:
+            conv.add(label, KS, GM, port, port, datagram.data, ())
+            out = initiator.receive(datagram.data, (KS, port), NOW)
+    assert initiator.sa is not None and not out.datagrams, "Main Mode did not complete"
+    conv.ike_sa = initiator.sa
+    # Read the encrypted messages' payloads back with the Phase 1 IV rule (RFC 2409 App. B).
+    g_xi, g_xr = (next(p.data for p in conv[label].message.payloads if isinstance(p, KeyExchange)) for label in ("MM3", "MM4"))
+    chain = CbcChain(CIPHER, conv.ike_sa.cipher_key, ikev1.phase1_iv(SUITE.hash, g_xi, g_xr, CIPHER.block_size))
+    for index, sent in enumerate(conv.sent):
+        payloads = sent.message.payloads
+        if sent.message.encrypted:
+            payloads = chain.open(sent.message)
+            chain.advance(sent.message)
+        conv.sent[index] = replace(sent, payloads=payloads)
+    return initiator, responder
+
+
+def _informational(conv: Conversation, label: str, src: str, dst: str, wire: bytes) -> None:
+    assert conv.ike_sa is not None
+    message = decode_message(wire)
+    port = conv.phase1_port
+    conv.add(label, src, dst, port, port, wire, conv.ike_sa.exchange(message.header.message_id).open(message))
+
+
 def conversation(
     *, phase1_doi: n.DOI = n.DOI.GDOI, phase1_port: int = n.GDOI_PORT, with_gap: bool = True
 ) -> Conversation:
@@ -249,69 +246,48 @@ def conversation(
     ``phase1_doi`` is the Main Mode SA's DOI (RFC 6407 §2.1 says 2; the
     Phase 1 code also speaks 1, and only a DOI 1 Main Mode is decryptable
     by tshark 4.0, which parses every DOI 2 SA in the GDOI form).
-    ``phase1_port`` 500 runs Main Mode there and the rest on 848;
-    ``with_gap=False`` leaves the GAP out of the PULL's SA.
+    ``phase1_port`` 500 runs Main Mode and the informationals there and the
+    GDOI exchanges on 848; ``with_gap=False`` leaves the GAP out of the PULL's SA.
     """
     conv = Conversation(phase1_doi, phase1_port)
-    p1 = phase1_port
+    initiator, responder = _main_mode(conv, phase1_doi, phase1_port)
+    sa = conv.ike_sa
+    assert sa is not None
 
-    def to_ks(label: str, wire: bytes, payloads: Sequence[Payload], port: int = n.GDOI_PORT) -> None:
-        conv.add(label, GM, KS, port, port, wire, payloads)
+    def to_ks(label: str, wire: bytes, payloads: Sequence[Payload]) -> None:
+        conv.add(label, GM, KS, n.GDOI_PORT, n.GDOI_PORT, wire, payloads)
 
-    def to_gm(label: str, wire: bytes, payloads: Sequence[Payload], port: int = n.GDOI_PORT) -> None:
-        conv.add(label, KS, GM, port, port, wire, payloads)
+    def to_gm(label: str, wire: bytes, payloads: Sequence[Payload]) -> None:
+        conv.add(label, KS, GM, n.GDOI_PORT, n.GDOI_PORT, wire, payloads)
 
-    # Main Mode (RFC 2409 §5.4).
-    sa = phase1_sa(phase1_doi)
-    dpd = VendorId(n.DPD_VENDOR_ID)
-    mm1 = [sa, dpd]
-    to_ks("MM1", _clear(ICOOKIE, bytes(8), n.ExchangeType.IDENTITY_PROTECTION, mm1), mm1, p1)
-    mm2 = [sa, dpd]
-    to_gm("MM2", _clear(ICOOKIE, RCOOKIE, n.ExchangeType.IDENTITY_PROTECTION, mm2), mm2, p1)
-    xi = DH_GROUP.keypair(int.from_bytes(b"\x11" * 32, "big"))
-    xr = DH_GROUP.keypair(int.from_bytes(b"\x22" * 32, "big"))
-    mm3 = [KeyExchange(xi.public_value), Nonce(NI_B)]
-    to_ks("MM3", _clear(ICOOKIE, RCOOKIE, n.ExchangeType.IDENTITY_PROTECTION, mm3), mm3, p1)
-    mm4 = [KeyExchange(xr.public_value), Nonce(NR_B)]
-    to_gm("MM4", _clear(ICOOKIE, RCOOKIE, n.ExchangeType.IDENTITY_PROTECTION, mm4), mm4, p1)
+    # GROUPKEY-PULL (RFC 6407 §3.2) under the IKE SA, one CBC chain for its Message ID.
+    pull = sa.exchange(PULL_MID)
+    h, a, cookies = sa.hash_algorithm, sa.skeyid_a, (sa.icookie, sa.rcookie)
 
-    keys = ikev1.psk_keys(HASH, PSK, NI_B, NR_B, xi.shared_secret(xr.public_value), ICOOKIE, RCOOKIE)
-    conv.cipher_key = keys.cipher_key(KEY_SIZE)
-    phase1 = _Chain(conv.cipher_key, ikev1.phase1_iv(HASH, xi.public_value, xr.public_value, CIPHER.block_size))
-    exchange = {"g_xi": xi.public_value, "g_xr": xr.public_value, "cky_i": ICOOKIE, "cky_r": RCOOKIE, "sai_b": sa.encode_body()}
-    id_i = Identification.of(IPv4Address(GM), 17, p1)
-    id_r = Identification.of(IPv4Address(KS), 17, p1)
-    mm5 = [id_i, Hash(ikev1.hash_i(HASH, keys.skeyid, idii_b=id_i.encode_body(), **exchange))]
-    to_ks("MM5", phase1.seal(n.ExchangeType.IDENTITY_PROTECTION, mm5, 0), mm5, p1)
-    mm6 = [id_r, Hash(ikev1.hash_r(HASH, keys.skeyid, idir_b=id_r.encode_body(), **exchange))]
-    to_gm("MM6", phase1.seal(n.ExchangeType.IDENTITY_PROTECTION, mm6, 0), mm6, p1)
-    last_block = phase1.iv
+    def seal(payloads: Sequence[Payload]) -> bytes:
+        return pull.seal(*cookies, n.ExchangeType.GROUPKEY_PULL, payloads, PULL_MID)
 
-    def phase2(message_id: int) -> _Chain:
-        return _Chain(conv.cipher_key, ikev1.phase2_iv(HASH, last_block, message_id, CIPHER.block_size))
-
-    # GROUPKEY-PULL (RFC 6407 §3.2), always on 848.
-    pull = phase2(PULL_MID)
-    a = keys.skeyid_a
     tail1 = [Nonce(PULL_NI_B), Identification.group(GROUP_ID)]
     ni, id_ = encode_each(tail1)
-    pull1 = [Hash(gdoi.pull_hash1(HASH, a, PULL_MID, ni=ni, id_=id_)), *tail1]
-    to_ks("PULL1", pull.seal(n.ExchangeType.GROUPKEY_PULL, pull1, PULL_MID), pull1)
+    pull1 = [Hash(gdoi.pull_hash1(h, a, PULL_MID, ni=ni, id_=id_)), *tail1]
+    to_ks("PULL1", seal(pull1), pull1)
     tail2 = [Nonce(PULL_NR_B), GroupSa(sa_kek(), gap() if with_gap else None, teks())]
     nr, group_sa = encode_each(tail2)
-    pull2 = [Hash(gdoi.pull_hash2(HASH, a, PULL_MID, ni_b=PULL_NI_B, nr=nr, sa=group_sa)), *tail2]
-    to_gm("PULL2", pull.seal(n.ExchangeType.GROUPKEY_PULL, pull2, PULL_MID), pull2)
-    pull3 = [Hash(gdoi.pull_hash3(HASH, a, PULL_MID, ni_b=PULL_NI_B, nr_b=PULL_NR_B))]
-    to_ks("PULL3", pull.seal(n.ExchangeType.GROUPKEY_PULL, pull3, PULL_MID), pull3)
+    pull2 = [Hash(gdoi.pull_hash2(h, a, PULL_MID, ni_b=PULL_NI_B, nr=nr, sa=group_sa)), *tail2]
+    to_gm("PULL2", seal(pull2), pull2)
+    pull3 = [Hash(gdoi.pull_hash3(h, a, PULL_MID, ni_b=PULL_NI_B, nr_b=PULL_NR_B))]
+    to_ks("PULL3", seal(pull3), pull3)
     tail4 = [SequenceNumber(0), pull_key_download()]
     seq, kd = encode_each(tail4)
-    pull4 = [Hash(gdoi.pull_hash4(HASH, a, PULL_MID, ni_b=PULL_NI_B, nr_b=PULL_NR_B, seq=seq, kd=kd)), *tail4]
-    to_gm("PULL4", pull.seal(n.ExchangeType.GROUPKEY_PULL, pull4, PULL_MID), pull4)
+    pull4 = [Hash(gdoi.pull_hash4(h, a, PULL_MID, ni_b=PULL_NI_B, nr_b=PULL_NR_B, seq=seq, kd=kd)), *tail4]
+    to_gm("PULL4", seal(pull4), pull4)
 
-    # Informational exchanges (RFC 2409 §5.7): DPD R-U-THERE, then the IKE SA delete.
-    notify = Notify(n.NotifyType.R_U_THERE, n.DOI.IPSEC, n.ProtocolId.ISAKMP, ICOOKIE + RCOOKIE, (1).to_bytes(4, "big"))
-    info = [Hash(ikev1.informational_hash(HASH, a, DPD_MID, notify.encode())), notify]
-    to_ks("DPD", phase2(DPD_MID).seal(n.ExchangeType.INFORMATIONAL, info, DPD_MID), info)
+    # DPD (RFC 3706) from our Phase 1 code: R-U-THERE and the responder's ACK.
+    (probe,) = initiator.probe(NOW).datagrams
+    _informational(conv, "DPD", GM, KS, probe.data)
+    (ack,) = responder.receive(probe.data, (GM, phase1_port), NOW).datagrams
+    _informational(conv, "DPD-ACK", KS, GM, ack.data)
+    initiator.receive(ack.data, (KS, phase1_port), NOW)
 
     # GROUPKEY-PUSH (RFC 6407 §4): replace the CBC TEK, under the KEK from PULL4, to the rekey group.
     new_tek = _tek(TEK_NEXT_SPI, n.EspTransform.AES_CBC, 128, n.AuthAlgorithm.HMAC_SHA2_256, "10.1.0.0/16", "10.2.0.0/16")
@@ -329,10 +305,9 @@ def conversation(
     ack_tail = [SequenceNumber(1), Identification.of(IPv4Address(GM))]
     ack_seq, ack_id = encode_each(ack_tail)
     ack_key = gdoi.ack_key(ACK_TYPE, KEK.key, KEK_SPI)
-    ack = [Hash(gdoi.ack_hash(ACK_TYPE, ack_key, seq=ack_seq, id_=ack_id)), *ack_tail]
-    to_ks("ACK", _clear(KEK_SPI[:8], KEK_SPI[8:], n.ExchangeType.GROUPKEY_PUSH_ACK, ack), ack)
+    push_ack = [Hash(gdoi.ack_hash(ACK_TYPE, ack_key, seq=ack_seq, id_=ack_id)), *ack_tail]
+    to_ks("ACK", _clear(KEK_SPI[:8], KEK_SPI[8:], n.ExchangeType.GROUPKEY_PUSH_ACK, push_ack), push_ack)
 
-    delete = Delete(phase1_doi, n.ProtocolId.ISAKMP, 16, (ICOOKIE + RCOOKIE,))
-    info = [Hash(ikev1.informational_hash(HASH, a, DELETE_MID, delete.encode())), delete]
-    to_ks("DELETE", phase2(DELETE_MID).seal(n.ExchangeType.INFORMATIONAL, info, DELETE_MID), info)
+    (delete,) = initiator.delete(NOW).datagrams
+    _informational(conv, "DELETE", GM, KS, delete.data)
     return conv
