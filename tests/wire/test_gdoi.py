@@ -69,16 +69,26 @@ TEK_BODY = bytes.fromhex(
     "00001001"  # SPI
     "800100010002000400000e10800400018005000580060080800e0004"
 )
-GAP = Gap((Attribute.tv(n.GapAttribute.ACTIVATION_TIME_DELAY, 5), Attribute.tv(n.GapAttribute.DEACTIVATION_TIME_DELAY, 30)))
+GAP = Gap(
+    (
+        Attribute.tv(n.GapAttribute.ACTIVATION_TIME_DELAY, 5),
+        Attribute.tv(n.GapAttribute.DEACTIVATION_TIME_DELAY, 30),
+    )
+)
 SA = GroupSa(SAK, GAP, (TEK,))
 KD = KeyDownload(
     (
-        KeyPacket(n.KeyPacketType.TEK, TEK.policy.spi, (Attribute.tlv(n.TekKeyAttribute.TEK_ALGORITHM_KEY, bytes(16)),)),
+        KeyPacket(
+            n.KeyPacketType.TEK, TEK.policy.spi, (Attribute.tlv(n.TekKeyAttribute.TEK_ALGORITHM_KEY, bytes(16)),)
+        ),
         KeyPacket(n.KeyPacketType.KEK, KEK_SPI, (Attribute.tlv(n.KekKeyAttribute.KEK_ALGORITHM_KEY, bytes(32)),)),
         KeyPacket(
             n.KeyPacketType.SID,
             b"",
-            (Attribute.tv(n.SidKeyAttribute.NUMBER_OF_SID_BITS, 8), Attribute.tlv(n.SidKeyAttribute.SID_VALUE, b"\x00\x00\x00\x01")),
+            (
+                Attribute.tv(n.SidKeyAttribute.NUMBER_OF_SID_BITS, 8),
+                Attribute.tlv(n.SidKeyAttribute.SID_VALUE, b"\x00\x00\x00\x01"),
+            ),
         ),
     )
 )
@@ -199,7 +209,9 @@ def _frame(next_payload: int, body: bytes) -> bytes:
             ("SA", 100 + 12 + 4 + len(TEK_BODY), f"{len(SAK_BODY) + 4} octets after the last SA attribute payload"),
         ),
         (
-            lambda: GroupSa.decode_body(_sa(_frame(n.PayloadType.SAK, TEK_BODY), _frame(0, SAK_BODY), first=n.PayloadType.SAT), 100),
+            lambda: GroupSa.decode_body(
+                _sa(_frame(n.PayloadType.SAK, TEK_BODY), _frame(0, SAK_BODY), first=n.PayloadType.SAT), 100
+            ),
             ("SA", 112, "SA attribute payload 15 may not follow SAT"),
         ),
         (

@@ -93,7 +93,11 @@ def test_group_id_helpers():
     [
         (IPv4Network("10.1.0.0/16"), n.IdType.IPV4_ADDR_SUBNET, "0a010000ffff0000"),
         (IPv6Network("2001:db8::/32"), n.IdType.IPV6_ADDR_SUBNET, "20010db8" + "00" * 12 + "ffffffff" + "00" * 12),
-        (AddressRange(IPv4Address("10.0.0.1"), IPv4Address("10.0.0.9")), n.IdType.IPV4_ADDR_RANGE, "0a0000010a000009"),
+        (
+            AddressRange(IPv4Address("10.0.0.1"), IPv4Address("10.0.0.9")),
+            n.IdType.IPV4_ADDR_RANGE,
+            "0a0000010a000009",
+        ),
         (Oid(bytes.fromhex("06032b0601"), b"\x04\x01"), n.IdType.OID, "0506032b060100020401"),
     ],
 )
@@ -161,21 +165,27 @@ def _clear(*payload_bytes: bytes, first: int, exchange: int = n.MAIN_MODE) -> by
     return ICKY + bytes(8) + bytes([first, 0x10, exchange, 0]) + bytes(4) + (28 + len(body)).to_bytes(4, "big") + body
 
 
+EMPTY = _clear(first=0)
+
+
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
         (bytes(27), ("ISAKMP header", 0, "datagram of 27 octets is shorter than the 28-octet header")),
-        (_clear(first=0)[:17] + b"\x20" + _clear(first=0)[18:], ("ISAKMP header", 17, "major version 2, only 1 is supported")),
-        (_clear(first=0)[:19] + b"\x08" + _clear(first=0)[20:], ("ISAKMP header", 19, "undefined flag bits in 0x08")),
+        (EMPTY[:17] + b"\x20" + EMPTY[18:], ("ISAKMP header", 17, "major version 2, only 1 is supported")),
+        (EMPTY[:19] + b"\x08" + EMPTY[20:], ("ISAKMP header", 19, "undefined flag bits in 0x08")),
         (_clear(first=0, exchange=7), ("ISAKMP header", 18, "unknown exchange type 7")),
-        (_clear(first=0) + b"\x00", ("ISAKMP header", 24, "Length is 28 but the datagram has 29 octets")),
+        (EMPTY + b"\x00", ("ISAKMP header", 24, "Length is 28 but the datagram has 29 octets")),
         (_clear(bytes.fromhex("000000"), first=10), ("NONCE", 28, "3 octets left, too short for a payload header")),
         (_clear(bytes.fromhex("00000005aa00"), first=10), ("payload chain", 33, "1 octets after the last payload")),
-        (_clear(bytes.fromhex("000000090000"), first=10), ("NONCE", 30, "payload length 9 runs past the end (6 octets left)")),
+        (
+            _clear(bytes.fromhex("000000090000"), first=10),
+            ("NONCE", 30, "payload length 9 runs past the end (6 octets left)"),
+        ),
         (_clear(bytes.fromhex("00010004"), first=10), ("NONCE", 29, "RESERVED octet is 0x01, must be 0")),
         (_clear(bytes.fromhex("00000004"), first=14), ("payload chain", 28, "unknown payload type 14")),
-        (_clear(bytes.fromhex("00000004"), first=15), ("payload chain", 28, "SAK payload outside its GDOI SA payload")),
-        (_clear(bytes.fromhex("00000004"), first=2), ("payload chain", 28, "PROPOSAL payload outside its SA payload")),
+        (_clear(bytes(4), first=15), ("payload chain", 28, "SAK payload outside its GDOI SA payload")),
+        (_clear(bytes(4), first=2), ("payload chain", 28, "PROPOSAL payload outside its SA payload")),
         (_clear(bytes.fromhex("0000000801000000"), first=5), ("ID", 32, "IPV4_ADDR needs 4 data octets, got 0")),
         (
             _clear(bytes.fromhex("0000001004000000") + bytes.fromhex("0a000000ff00ff00"), first=5),

@@ -113,7 +113,9 @@ esp_transform = st.builds(Transform, u8, u8, attributes(IPSEC_REGISTRY))
 
 proposal = st.builds(
     Proposal, u8, st.just(n.ProtocolId.ISAKMP), st.lists(transform, min_size=1, max_size=3).map(tuple), blob(16)
-) | st.builds(Proposal, u8, st.just(n.ProtocolId.IPSEC_ESP), st.lists(esp_transform, max_size=2).map(tuple), blob(4, 4))
+) | st.builds(
+    Proposal, u8, st.just(n.ProtocolId.IPSEC_ESP), st.lists(esp_transform, max_size=2).map(tuple), blob(4, 4)
+)
 
 
 security_association = st.builds(
@@ -147,9 +149,8 @@ nat = st.builds(RawPayload, st.sampled_from([n.PayloadType.NAT_D, n.PayloadType.
 
 sa_kek = st.builds(SaKek, u8, traffic_id, traffic_id, blob(16, 16), attributes(KEK_REGISTRY))
 ipsec_tek = st.builds(IpsecTek, u8, traffic_id, traffic_id, u8, blob(4, 4), attributes(IPSEC_REGISTRY))
-sa_tek = st.builds(SaTek, st.sampled_from([n.GdoiProtocol.IPSEC_ESP, n.GdoiProtocol.IPSEC_AH]), ipsec_tek) | st.builds(
-    SaTek, st.sampled_from([n.GdoiProtocol.IEC_61850, 200]), blob()
-)
+sa_tek = st.builds(SaTek, st.sampled_from([n.GdoiProtocol.IPSEC_ESP, n.GdoiProtocol.IPSEC_AH]), ipsec_tek)
+sa_tek |= st.builds(SaTek, st.sampled_from([n.GdoiProtocol.IEC_61850, 200]), blob())
 gap = st.builds(Gap, attributes(GAP_REGISTRY))
 group_sa = st.builds(GroupSa, sa_kek, st.none() | gap, st.lists(sa_tek, max_size=3).map(tuple)) | st.builds(
     GroupSa, st.none(), st.none() | gap, st.lists(sa_tek, min_size=1, max_size=3).map(tuple)
@@ -160,9 +161,13 @@ _KEY_PACKETS = {
     n.KeyPacketType.LKH: (LKH_KEY_REGISTRY, 16),
     n.KeyPacketType.SID: (SID_KEY_REGISTRY, 0),
 }
+private_key_attributes = st.lists(st.builds(Attribute.tlv, st.integers(0, 0x7FFF), blob()), max_size=2).map(tuple)
 key_packet = st.one_of(
-    [st.builds(KeyPacket, st.just(t), blob(size, size), attributes(registry, 3)) for t, (registry, size) in _KEY_PACKETS.items()]
-    + [st.builds(KeyPacket, st.integers(128, 255), blob(16), st.lists(st.builds(Attribute.tlv, st.integers(0, 0x7FFF), blob()), max_size=2).map(tuple))]
+    [
+        st.builds(KeyPacket, st.just(t), blob(size, size), attributes(registry, 3))
+        for t, (registry, size) in _KEY_PACKETS.items()
+    ]
+    + [st.builds(KeyPacket, st.integers(128, 255), blob(16), private_key_attributes)]
 )
 key_download = st.builds(KeyDownload, st.lists(key_packet, max_size=4).map(tuple))
 seq = st.builds(SequenceNumber, u32)
@@ -182,10 +187,19 @@ class Shape:
     encrypted: bool
 
 
+def _flatten(parts: tuple) -> tuple:
+    """Parts are single payloads, absent optional ones (None) or lists of repeated ones."""
+    out = []
+    for part in parts:
+        if isinstance(part, list):
+            out.extend(part)
+        elif part is not None:
+            out.append(part)
+    return tuple(out)
+
+
 def _shape(name: str, exchange: int, encrypted: bool, *parts: st.SearchStrategy) -> st.SearchStrategy[Shape]:
-    return st.tuples(*parts).map(
-        lambda groups: Shape(name, exchange, tuple(p for g in groups for p in (g if isinstance(g, list) else [g]) if p is not None), encrypted)
-    )
+    return st.tuples(*parts).map(lambda drawn: Shape(name, exchange, _flatten(drawn), encrypted))
 
 
 MM, PULL, PUSH, ACK, INFO = (
@@ -211,7 +225,16 @@ SHAPES = {
     "pull 2": _shape("pull 2", PULL, True, hash_, nonce, group_sa),
     "pull 3": _shape("pull 3", PULL, True, hash_, st.none() | gap),
     "pull 4": _shape("pull 4", PULL, True, hash_, st.none() | seq, key_download),
-    "push": _shape("push", PUSH, True, seq, st.lists(delete, max_size=2), st.none() | group_sa, st.none() | key_download, signature),
+    "push": _shape(
+        "push",
+        PUSH,
+        True,
+        seq,
+        st.lists(delete, max_size=2),
+        st.none() | group_sa,
+        st.none() | key_download,
+        signature,
+    ),
     "push ack": _shape("push ack", ACK, False, hash_, seq, address_id),
     "informational": _shape("informational", INFO, True, hash_, notify | delete),
     "informational clear": _shape("informational clear", INFO, False, notify),

@@ -164,9 +164,9 @@ class IpsecTek:
         src, pos = TrafficId.decode(data, 1, name, offset)
         dst, pos = TrafficId.decode(data, pos, name, offset)
         need(data, pos + 1 + TEK_SPI_SIZE, name, offset)
-        spi = bytes(data[pos + 1 : pos + 1 + TEK_SPI_SIZE])
-        attrs = decode_attributes(data[pos + 1 + TEK_SPI_SIZE :], name, offset + pos + 1 + TEK_SPI_SIZE, IPSEC_REGISTRY)
-        return cls(data[0], src, dst, data[pos], spi, attrs)
+        transform_id, spi, pos = data[pos], bytes(data[pos + 1 : pos + 1 + TEK_SPI_SIZE]), pos + 1 + TEK_SPI_SIZE
+        attrs = decode_attributes(data[pos:], name, offset + pos, IPSEC_REGISTRY)
+        return cls(data[0], src, dst, transform_id, spi, attrs)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -273,7 +273,8 @@ class KeyPacket:
             )
         want = _KEY_PACKETS.get(kd_type, (None, spi_size))[1]
         if spi_size != want:
-            raise WireError(name, at + 4, f"{n.name_of(n.KeyPacketType, kd_type)} SPI size is {spi_size}, must be {want}")
+            kind = n.name_of(n.KeyPacketType, kd_type)
+            raise WireError(name, at + 4, f"{kind} SPI size is {spi_size}, must be {want}")
         start = pos + _KEY_PACKET_HEADER.size
         attrs = decode_attributes(
             buf[start + spi_size : pos + length], name, offset + start + spi_size, _key_packet_registry(kd_type)
@@ -376,9 +377,8 @@ class GroupSa(PayloadBase):
         where = offset + 8
         while ptype != n.PayloadType.NONE or previous == n.PayloadType.NONE:
             if ptype not in _SA_FOLLOWERS[previous]:
-                raise WireError(
-                    cls.NAME, where, f"SA attribute payload {ptype} may not follow {n.name_of(n.PayloadType, previous)}"
-                )
+                after = n.name_of(n.PayloadType, previous)
+                raise WireError(cls.NAME, where, f"SA attribute payload {ptype} may not follow {after}")
             payload = _SA_ATTRIBUTE_PAYLOADS[ptype]
             next_type, length = read_generic_header(body, pos, payload.NAME, offset)
             found[ptype].append(payload.decode_body(body[pos + GENERIC_HEADER.size : pos + length], offset + pos + 4))

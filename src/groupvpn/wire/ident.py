@@ -56,7 +56,8 @@ class Oid:
         return bytes([len(self.oid)]) + self.oid + struct.pack("!H", len(self.specific)) + self.specific
 
 
-IdValue = IPv4Address | IPv6Address | IPv4Network | IPv6Network | AddressRange | Oid | str | bytes
+Address = IPv4Address | IPv6Address | IPv4Network | IPv6Network | AddressRange
+IdValue = Address | Oid | str | bytes
 
 
 def _mask_prefix(mask: bytes) -> int | None:
@@ -122,7 +123,7 @@ def id_value(id_type: int, data: bytes) -> IdValue:
     return bytes(data)
 
 
-def id_data(value: IPv4Address | IPv6Address | IPv4Network | IPv6Network | AddressRange | Oid) -> tuple[n.IdType, bytes]:
+def id_data(value: Address | Oid) -> tuple[n.IdType, bytes]:
     """ID type and data octets for an address, subnet, range or OID."""
     if isinstance(value, IPv4Address):
         return n.IdType.IPV4_ADDR, value.packed
@@ -169,7 +170,7 @@ class TrafficId:
             raise ValueError("ID type, port or data length out of range")
 
     @classmethod
-    def of(cls, value: IPv4Address | IPv6Address | IPv4Network | IPv6Network | AddressRange, port: int = 0) -> TrafficId:
+    def of(cls, value: Address, port: int = 0) -> TrafficId:
         id_type, data = id_data(value)
         return cls(id_type, data, port)
 
@@ -197,4 +198,8 @@ class TrafficId:
         return cls(id_type, data, port), pos + 4 + length
 
     def to_dict(self) -> dict[str, object]:
-        return {"type": n.name_of(n.IdType, self.id_type), "port": self.port, "data": describe_id(self.id_type, self.data)}
+        return {
+            "type": n.name_of(n.IdType, self.id_type),
+            "port": self.port,
+            "data": describe_id(self.id_type, self.data),
+        }

@@ -27,7 +27,7 @@ from .attributes import (
     encode_attributes,
 )
 from .errors import WireError
-from .ident import IdValue, check_id_data, describe_id, id_data, id_value
+from .ident import Address, IdValue, Oid, check_id_data, describe_id, id_data, id_value
 
 GENERIC_HEADER = struct.Struct("!BBH")
 _MAX_BODY = 0xFFFF - GENERIC_HEADER.size
@@ -64,7 +64,7 @@ def frame(next_payload: int, body: bytes) -> bytes:
 
 
 def encode_run(items: Sequence[PayloadBase], more: int) -> bytes:
-    """Encode same-typed nested payloads chained by ``more`` (Proposals, Transforms, key packets)."""
+    """Encode same-typed nested payloads chained by ``more`` (Proposals in an SA, Transforms in a Proposal)."""
     last = len(items) - 1
     return b"".join(item.encode(more if i < last else n.PayloadType.NONE) for i, item in enumerate(items))
 
@@ -132,21 +132,12 @@ class PayloadBase(ABC):
         return frame(next_payload, self.encode_body())
 
     def describe(self) -> dict[str, object]:
-        """Decoded fields for display; overridden where raw values need names."""
-        return {f.name: _display(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+        """Decoded fields for display (octets as hex); overridden where values need registry names."""
+        values = ((f.name, getattr(self, f.name)) for f in fields(self))  # type: ignore[arg-type]
+        return {name: v.hex() if isinstance(v, bytes) else v for name, v in values}
 
     def to_dict(self) -> dict[str, object]:
         return {"payload": self.NAME, **self.describe()}
-
-
-def _display(value: object) -> object:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, tuple):
-        return [_display(v) for v in value]
-    if isinstance(value, PayloadBase):
-        return value.to_dict()
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +250,9 @@ class SecurityAssociation(PayloadBase):
             raise WireError(cls.NAME, offset + 4, f"labelled situation {situation:#x} is not supported")
         if len(body) == 8:
             raise WireError(cls.NAME, offset + 8, "SA payload carries no proposal")
-        proposals = decode_run(body[8:], n.PayloadType.PROPOSAL, None, Proposal.NAME, offset + 8, Proposal.decode_body)
+        proposals = decode_run(
+            body[8:], n.PayloadType.PROPOSAL, None, Proposal.NAME, offset + 8, Proposal.decode_body
+        )
         return cls(proposals, doi, situation)
 
     def describe(self) -> dict[str, object]:
@@ -377,9 +370,9 @@ class Identification(PayloadBase):
     port: int = 0
 
     @classmethod
-    def of(cls, value: IdValue, protocol: int = 0, port: int = 0) -> Identification:
+    def of(cls, value: Address | Oid, protocol: int = 0, port: int = 0) -> Identification:
         """An ID for an address, subnet, range or OID (see ``ident.id_data``)."""
-        id_type, data = id_data(value)  # type: ignore[arg-type]
+        id_type, data = id_data(value)
         return cls(id_type, data, protocol, port)
 
     @classmethod
