@@ -1,7 +1,7 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from groupvpn.wire.attributes import Attribute, decode_attributes, encode_attributes
+from groupvpn.wire.attributes import KEK_REGISTRY, Attribute, decode_attributes, encode_attributes
 from groupvpn.wire.errors import WireError
 
 
@@ -37,3 +37,18 @@ def test_random_bytes_only_raise_wire_error(data):
     except WireError:
         return
     assert encode_attributes(attrs) == data
+
+
+def test_registry_keeps_private_classes_and_rejects_unknown_ones():
+    legacy_ack = bytes.fromhex("80810001")
+    assert decode_attributes(legacy_ack, "SA KEK", 0, KEK_REGISTRY) == (Attribute.tv(129, 1),)
+    with pytest.raises(WireError) as err:
+        decode_attributes(bytes.fromhex("80010001" "800a0001"), "SA KEK", 100, KEK_REGISTRY)
+    assert (err.value.offset, err.value.problem) == (104, "unknown KEK attribute class 10")
+
+
+def test_registry_accepts_variable_classes_in_either_form():
+    short = decode_attributes(bytes.fromhex("80040e10"), "SA KEK", 0, KEK_REGISTRY)
+    long = decode_attributes(bytes.fromhex("0004000400000e10"), "SA KEK", 0, KEK_REGISTRY)
+    assert short[0].int == long[0].int == 3600
+    assert encode_attributes(short) == bytes.fromhex("80040e10")

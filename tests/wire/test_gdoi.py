@@ -218,7 +218,7 @@ def _frame(next_payload: int, body: bytes) -> bytes:
             lambda: GroupSa.decode_body(_sa(_frame(0, GAP.encode_body()), first=n.PayloadType.GAP), 0),
             ("SA", 0, "GDOI SA carries neither SA KEK nor SA TEK"),
         ),
-        (lambda: GroupSa.decode_body(_sa(first=0), 0), ("SA", 8, "SA attribute payload 0 may not follow NONE")),
+        (lambda: GroupSa.decode_body(_sa(first=0), 0), ("SA", 8, "SA attribute payload 0 may not follow the SA header")),
         (
             lambda: GroupSa.decode_body(bytes.fromhex("0000000200000001000f0000"), 0),
             ("SA", 4, "Situation is 0x1, must be 0"),
@@ -279,3 +279,18 @@ def test_sa_kek_outside_gdoi_exchange_is_proposal_form():
     mm = data[:18] + bytes([n.MAIN_MODE]) + data[19:]
     with pytest.raises(WireError):
         decode_message(mm)
+
+
+def test_error_offsets_are_absolute_in_the_datagram():
+    bad_gap = Gap((Attribute.tv(n.GapAttribute.ACTIVATION_TIME_DELAY, 5), Attribute.tv(4, 1)))
+    payloads = [Hash(bytes(32)), Nonce(bytes(16)), GroupSa(SAK, bad_gap, (TEK,))]
+    data = Message.build(KEK_SPI[:8], KEK_SPI[8:], PULL, payloads).encode()
+    gap_attributes = 28 + 36 + 20 + 4 + 12 + 4 + len(SAK_BODY) + 4
+    with pytest.raises(WireError) as err:
+        decode_message(data)
+    assert (err.value.payload, err.value.offset, err.value.problem) == (
+        "GAP",
+        gap_attributes + 4,
+        "unknown GAP attribute class 4",
+    )
+    assert data[gap_attributes + 4 : gap_attributes + 8] == bytes.fromhex("80040001")

@@ -377,7 +377,7 @@ class GroupSa(PayloadBase):
         where = offset + 8
         while ptype != n.PayloadType.NONE or previous == n.PayloadType.NONE:
             if ptype not in _SA_FOLLOWERS[previous]:
-                after = n.name_of(n.PayloadType, previous)
+                after = "the SA header" if previous == n.PayloadType.NONE else n.PayloadType(previous).name
                 raise WireError(cls.NAME, where, f"SA attribute payload {ptype} may not follow {after}")
             payload = _SA_ATTRIBUTE_PAYLOADS[ptype]
             next_type, length = read_generic_header(body, pos, payload.NAME, offset)
