@@ -15,7 +15,7 @@ from ..crypto.errors import InvalidKey
 from ..crypto.ikev1 import Phase1Keys, hash_i, hash_r, phase1_iv, psk_keys
 from ..wire.isakmp import Identification, Proposal, SecurityAssociation, Transform
 from ..wire.message import Payload
-from ..wire.numbers import DOI, IsakmpTransformId, PayloadType, ProtocolId, Situation
+from ..wire.numbers import DOI, IsakmpTransformId, PayloadType, ProtocolId, Situation, name_of
 from .proposals import Suite, TransformRejected, describe
 from .psk import PreSharedKey
 from .sa import CbcChain
@@ -172,5 +172,5 @@ def pick(payloads: Sequence[Payload], *required: type[Payload]) -> tuple[Payload
         found.append(matches[0])
     for p in payloads:
         if type(p) not in required and p.payload_type not in _IGNORABLE:
-            raise UnexpectedPayloads(f"{PayloadType(p.payload_type).name} payload is not allowed here")
+            raise UnexpectedPayloads(f"{name_of(PayloadType, p.payload_type)} payload is not allowed here")
     return tuple(found)

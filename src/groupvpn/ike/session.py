@@ -108,6 +108,9 @@ class Session:
 
     def receive(self, out: Collector, message: Message, datagram: bytes, now: float) -> None:
         """A message carrying this SA's cookies."""
+        if self.closed:
+            self.stats["sa closed"] += 1
+            return
         exchange = message.header.exchange
         if exchange == ExchangeType.IDENTITY_PROTECTION:
             if self.final_exchange is not None and datagram == self.final_exchange[0]:
