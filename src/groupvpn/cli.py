@@ -11,12 +11,13 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__
-from .ops import ike
+from .ops import decode, ike
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 # One line per command module; keep sorted by command name.
 COMMANDS: tuple[Registrar, ...] = (
+    decode.register,
     ike.register,
 )
 
