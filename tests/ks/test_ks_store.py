@@ -85,8 +85,8 @@ def test_everything_survives_reopen(db_path):
         t = tek(0x1000)
         s.add_kek(k)
         s.add_tek(t)
-        s.activate_kek(GROUP, 1001.0)
-        s.activate_tek(GROUP, "sa1", 1001.0)
+        s.activate_kek(k.spi, 1001.0)
+        s.activate_tek(t.spi, 1001.0)
         assert [s.next_push_seq(k.spi) for _ in range(3)] == [1, 2, 3]
         s.register_member(GROUP, "198.18.0.2", 1002.0)
         s.record_ack(GROUP, "198.18.0.2", k.spi, 3)
@@ -117,12 +117,12 @@ def test_spis_are_never_reused_even_after_the_key_is_forgotten(store):
     old = kek(1)
     store.add_kek(old)
     store.add_tek(tek(0x100))
-    store.activate_kek(GROUP, 1000.0)
-    store.activate_tek(GROUP, "sa1", 1000.0)
+    store.activate_kek(old.spi, 1000.0)
+    store.activate_tek(0x100, 1000.0)
     store.add_kek(kek(2))
     store.add_tek(tek(0x101))
-    store.activate_kek(GROUP, 2000.0)
-    store.activate_tek(GROUP, "sa1", 2000.0)
+    store.activate_kek(bytes([2]) * 16, 2000.0)
+    store.activate_tek(0x101, 2000.0)
     assert [k.times.state for k in store.keks(GROUP)] == [KeyState.RETIRED, KeyState.ACTIVE]
     assert store.forget_retired(GROUP, now=1000.0 + 3600) == 2
     assert [k.spi for k in store.keks(GROUP)] == [bytes([2]) * 16]
@@ -136,9 +136,9 @@ def test_spis_are_never_reused_even_after_the_key_is_forgotten(store):
 
 def test_unexpired_retired_keys_are_kept(store):
     store.add_kek(kek(1))
-    store.activate_kek(GROUP, 1000.0)
+    store.activate_kek(bytes([1]) * 16, 1000.0)
     store.add_kek(kek(2))
-    store.activate_kek(GROUP, 1500.0)
+    store.activate_kek(bytes([2]) * 16, 1500.0)
     assert store.forget_retired(GROUP, now=4599.0) == 0
     assert len(store.keks(GROUP)) == 2
 
@@ -165,11 +165,29 @@ def test_one_pending_and_one_active_key_per_slot(store):
     assert [t.name for t in store.teks(GROUP, KeyState.PENDING)] == ["a", "b"]
 
 
-def test_activate_without_pending_key_fails_and_changes_nothing(store):
-    store.add_kek(kek(1))
-    store.activate_kek(GROUP, 1000.0)
-    with pytest.raises(StoreError, match="no pending KEK"):
-        store.activate_kek(GROUP, 2000.0)
+def test_activation_retires_only_its_own_slot(store):
+    store.add_tek(tek(0x100, "a"))
+    store.add_tek(tek(0x200, "b"))
+    store.activate_tek(0x100, 1000.0)
+    store.activate_tek(0x200, 1000.0)
+    store.add_tek(tek(0x101, "a"))
+    store.activate_tek(0x101, 2000.0)
+    states = {t.spi: (t.times.state, t.times.expires_at) for t in store.teks(GROUP)}
+    assert states == {
+        0x100: (KeyState.RETIRED, 2800.0),
+        0x200: (KeyState.ACTIVE, 2800.0),
+        0x101: (KeyState.ACTIVE, 3800.0),
+    }
+
+
+def test_only_a_pending_key_can_be_activated(store):
+    k = kek(1)
+    store.add_kek(k)
+    store.activate_kek(k.spi, 1000.0)
+    with pytest.raises(StoreError, match=f"no pending KEK with SPI {k.spi.hex()}"):
+        store.activate_kek(k.spi, 2000.0)
+    with pytest.raises(StoreError, match="no pending TEK with SPI 0x00000100"):
+        store.activate_tek(0x100, 2000.0)
     assert store.keks(GROUP, KeyState.ACTIVE)[0].times.activated_at == 1000.0
 
 

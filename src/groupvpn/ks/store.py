@@ -176,11 +176,11 @@ class _Table:
     """What differs between the two key tables; the lifecycle SQL is shared."""
 
     name: str
-    scope: str  # columns naming one key's slot: one live KEK per group, one per TEK name
+    slot: str  # the columns naming a key's slot: one live KEK per group, one TEK per SA name
 
 
-_KEK = _Table("kek", "group_id = :group_id")
-_TEK = _Table("tek", "group_id = :group_id AND name = :name")
+_KEK = _Table("kek", "group_id")
+_TEK = _Table("tek", "group_id, name")
 
 _TIME_COLUMNS = "lifetime, created_at, activated_at, expires_at, state"
 _KEK_COLUMNS = f"group_id, spi, algorithm, key_bits, material, {_TIME_COLUMNS}"
@@ -390,30 +390,33 @@ class KeyStore:
             (group_id, state, state),
         ).fetchall()
 
-    def activate_kek(self, group_id: int, now: float) -> None:
-        """Make the group's pending KEK current and retire the one it replaces."""
-        self._activate(_KEK, {"group_id": group_id}, now)
+    def activate_kek(self, spi: bytes, now: float) -> None:
+        """Make a pending KEK current and retire the one it replaces."""
+        self._activate(_KEK, spi, now)
 
-    def activate_tek(self, group_id: int, name: str, now: float) -> None:
-        """Make the pending TEK for SA ``name`` current and retire the one it replaces."""
-        self._activate(_TEK, {"group_id": group_id, "name": name}, now)
+    def activate_tek(self, spi: int, now: float) -> None:
+        """Make a pending TEK current and retire the one it replaces (same group and SA name)."""
+        self._activate(_TEK, spi, now)
 
-    def _activate(self, table: _Table, scope: dict[str, object], now: float) -> None:
-        where = f"{table.scope} AND state = :state"
+    def _activate(self, table: _Table, spi: bytes | int, now: float) -> None:
         with self._transaction() as db:
-            pending = db.execute(
-                f"SELECT rowid FROM {table.name} WHERE {where}", {**scope, "state": KeyState.PENDING}
+            row = db.execute(
+                f"SELECT rowid, {table.slot} FROM {table.name} WHERE spi = ? AND state = ?",
+                (spi, KeyState.PENDING),
             ).fetchone()
-            if pending is None:
-                raise StoreError(f"no pending {table.name.upper()} for {scope}")
+            if row is None:
+                shown = spi.hex() if isinstance(spi, bytes) else f"{spi:#010x}"
+                raise StoreError(f"no pending {table.name.upper()} with SPI {shown}")
+            rowid, *slot = row
+            where = " AND ".join(f"{column} = ?" for column in table.slot.split(", "))
             db.execute(
-                f"UPDATE {table.name} SET state = 'retired' WHERE {where}",
-                {**scope, "state": KeyState.ACTIVE},
+                f"UPDATE {table.name} SET state = ? WHERE {where} AND state = ?",
+                (KeyState.RETIRED, *slot, KeyState.ACTIVE),
             )
             db.execute(
-                f"UPDATE {table.name} SET state = 'active', activated_at = :now, "
-                "expires_at = :now + lifetime WHERE rowid = :rowid",
-                {"now": now, "rowid": pending[0]},
+                f"UPDATE {table.name} SET state = ?, activated_at = ?, expires_at = ? + lifetime "
+                "WHERE rowid = ?",
+                (KeyState.ACTIVE, now, now, rowid),
             )
 
     def forget_retired(self, group_id: int, now: float) -> int:
