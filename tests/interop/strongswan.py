@@ -265,12 +265,16 @@ class Charon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def wait_log(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
-        """Poll the log (bounded) until ``pattern`` appears."""
+    def log_mark(self) -> int:
+        """Where the log ends now; pass it as ``since`` to look only at what follows."""
+        return len(self.log())
+
+    def wait_log(self, pattern: str, timeout: float = 10.0, since: int = 0) -> re.Match[str]:
+        """Poll the log (bounded) until ``pattern`` appears after offset ``since``."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         while True:
-            match = regex.search(self.log())
+            match = regex.search(self.log()[since:])
             if match is not None:
                 return match
             if time.monotonic() >= deadline:

@@ -149,9 +149,8 @@ class Phase1Initiator:
         pending = self._pending
         if pending is not None and pending.due(now):
             if pending.exhausted:
-                self._fail(
-                    out, FailureReason.NO_RESPONSE, f"no response from {self.peer[0]} after {pending.sent} attempts"
-                )
+                attempts = f"{pending.sent} attempt{'s' if pending.sent != 1 else ''}"
+                self._fail(out, FailureReason.NO_RESPONSE, f"no response from {self.peer[0]} after {attempts}")
             else:
                 out.send(pending.resend(now), self.peer)
         elif self.session is not None:
