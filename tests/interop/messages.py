@@ -147,7 +147,7 @@ class Sent:
     label: str
     datagram: Datagram
     message: Message  # as decoded from the wire: ciphertext when encrypted
-    payloads: tuple[Payload, ...]  # the plaintext payloads we built
+    payloads: tuple[Payload, ...]  # plaintext: as built here, or read back from our Phase 1 code's datagrams
 
 
 @dataclass

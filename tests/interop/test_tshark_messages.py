@@ -29,7 +29,6 @@ that nothing else is (mis)decoded.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
 
 import pytest
 from messages import CIPHER, Conversation, Sent, conversation

@@ -33,7 +33,7 @@ from ..wire import numbers as n
 from ..wire.errors import WireError
 from ..wire.gdoi import GroupSa, KeyDownload
 from ..wire.isakmp import KeyExchange, SecurityAssociation, Transform
-from ..wire.message import HEADER, Header, Message, Payload, decode_message
+from ..wire.message import Header, Message, Payload, decode_message
 from .pcap import CaptureError, UdpDatagram, read_udp
 
 NON_ESP_MARKER = b"\x00\x00\x00\x00"
