@@ -19,8 +19,8 @@ from groupvpn.ike import (
     Role,
 )
 from groupvpn.ike.sa import CbcChain
-from groupvpn.wire.isakmp import Hash, Identification, Notify
-from groupvpn.wire.message import decode_message
+from groupvpn.wire.isakmp import Hash, Identification, KeyExchange, Notify
+from groupvpn.wire.message import Message, decode_message
 from groupvpn.wire.numbers import DOI, ExchangeType, NotifyType
 from phase1_link import (
     I_ADDR,
@@ -315,6 +315,19 @@ def test_unsupported_exchange_is_refused_with_a_notify() -> None:
     out = responder().receive(bytes(mm1), I_ADDR, 0.0)
     (notify,) = decode_message(out.datagrams[0].data).payloads
     assert isinstance(notify, Notify) and notify.notify_type == NotifyType.INVALID_EXCHANGE_TYPE
+
+
+def test_payload_not_allowed_in_message_1_is_refused() -> None:
+    ini = initiator()
+    mm1 = decode_message(ini.start(0.0).datagrams[0].data)
+    extra = Message.build(
+        mm1.header.icookie, bytes(8), ExchangeType.IDENTITY_PROTECTION, (*mm1.payloads, KeyExchange(bytes(128)))
+    )
+    res = responder()
+    out = res.receive(extra.encode(), I_ADDR, 0.0)
+    (notify,) = decode_message(out.datagrams[0].data).payloads
+    assert isinstance(notify, Notify) and notify.notify_type == NotifyType.INVALID_PAYLOAD_TYPE
+    assert res.half_open == 0
 
 
 def test_peer_without_a_key_is_refused_at_message_1() -> None:

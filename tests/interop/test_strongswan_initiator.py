@@ -110,11 +110,14 @@ def test_cli_establishes_checks_dpd_and_deletes(lab: Lab, proposal: str) -> None
 
 
 def test_gdoi_doi_is_accepted_by_charon_too(lab: Lab) -> None:
+    """RFC 6407 §2.1's DOI 2 in the Phase 1 SA, and DPD/DELETE carrying DOI 2: charon accepts all of it."""
     mark = lab.serve(["aes128-sha256-modp2048"])
-    done = lab.cli("--doi", "2")
+    done = lab.cli("--doi", "2", "--dpd")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "proposal   aes128-sha256-modp2048 (DOI GDOI)" in done.stdout
-    lab.charon.wait_log(r"IKE_SA lab\[\d+\] established", since=mark)
+    assert "R-U-THERE acknowledged" in done.stdout and "informational DELETE sent" in done.stdout
+    lab.charon.wait_log(r"received DELETE for IKE_SA lab\[\d+\]", since=mark)
+    assert len(established(lab.charon.log()[mark:])) == 1
 
 
 def test_several_transforms_we_take_the_one_charon_selected(lab: Lab) -> None:
