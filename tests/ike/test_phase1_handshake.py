@@ -146,6 +146,22 @@ def test_hash_r_mismatch_is_an_authentication_failure() -> None:
     assert failed.message == "authentication failed: HASH_R mismatch (pre-shared key differs?)"
 
 
+def test_hash_i_mismatch_is_an_authentication_failure() -> None:
+    """A message 5 under the right keys with a wrong HASH_I."""
+    link = Link(initiator(), responder()).start()
+    link.deliver(drop=lambda to, data: to == "R" and decode_message(data).encrypted)
+    derived = link.initiator._derived  # the keys message 5 was sealed with
+    assert derived is not None
+    x = derived.exchanged
+    forged = derived.message5_chain().seal(
+        x.icookie, x.rcookie, ExchangeType.IDENTITY_PROTECTION, (link.initiator.identity, Hash(bytes(32))), 0
+    )
+    (failed,) = link.take("R", link.responder.receive(forged, I_ADDR, 0.1)).events
+    assert isinstance(failed, IkeSaFailed) and failed.reason is FailureReason.AUTHENTICATION_FAILED
+    assert failed.message == "authentication failed: HASH_I mismatch (pre-shared key differs?)"
+    assert link.responder.half_open == 0 and not link.responder.sessions
+
+
 def test_no_response_after_the_configured_attempts_with_backoff() -> None:
     ini = initiator(retransmit=RetransmitPolicy(initial=1.0, factor=2.0, maximum=8.0, attempts=5))
     first = ini.start(0.0)
@@ -350,7 +366,9 @@ def test_identity_bound_keys_are_tried_until_one_verifies() -> None:
 def test_an_identity_bound_key_only_counts_for_that_identity() -> None:
     psks = PskStore(by_identity={Identity.fqdn("gm9.example"): PSK})
     link = Link(initiator(), responder(psks=psks)).start().deliver()
-    assert link.kinds("R") == ["IkeSaFailed"]
+    (failed,) = link.events["R"]
+    assert isinstance(failed, IkeSaFailed)
+    assert failed.message == "authentication failed: no pre-shared key for identity 198.18.0.1"
 
 
 def test_address_key_wins_over_the_default() -> None:

@@ -10,6 +10,7 @@ first or last and always covers every other payload as sent.
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 
 from ..wire.isakmp import Delete, Hash, Notify
@@ -73,7 +74,7 @@ def open_protected(sa: IkeSa, message: Message) -> Informational:
     hashes = [p for p in payloads if isinstance(p, Hash)]
     if len(hashes) != 1:
         raise InformationalError(f"{len(hashes)} HASH payloads, expected 1")
-    if hashes[0].data != sa.hash(mid, covered):
+    if not hmac.compare_digest(hashes[0].data, sa.hash(mid, covered)):
         raise InformationalError("HASH(1) mismatch")
     notifies = tuple(p for p in payloads if isinstance(p, Notify))
     deletes = tuple(p for p in payloads if isinstance(p, Delete))

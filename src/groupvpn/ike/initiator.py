@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import collections
 import enum
+import hmac
 import os
 from collections.abc import Sequence
 
+from ..crypto.dh import KeyPair
 from ..crypto.errors import CryptoError, InvalidPublicValue
 from ..wire.errors import WireError
-from ..wire.isakmp import Hash, Identification, KeyExchange, Nonce, Notify, SecurityAssociation, VendorId
-from ..wire.message import Message, decode_message
-from ..wire.numbers import DOI, DPD_VENDOR_ID, ExchangeType, Flags, NotifyType, name_of
+from ..wire.isakmp import Hash, Identification, KeyExchange, Nonce, Notify, SecurityAssociation
+from ..wire.message import Message, Payload, decode_message
+from ..wire.numbers import DOI, ExchangeType, NotifyType, name_of
 from .events import Collector, DeleteReason, FailureReason, IkeSaEstablished, IkeSaFailed, NotifyReceived, Output
 from .informational import InformationalError, open_protected
 from .mainmode import (
@@ -30,10 +32,12 @@ from .mainmode import (
     Rng,
     UnexpectedPayloads,
     accept_choice,
+    announces_dpd,
     check_nonce,
     generate_keypair,
     offer,
     pick,
+    with_dpd_vendor_id,
 )
 from .proposals import Suite
 from .psk import PreSharedKey
@@ -96,10 +100,9 @@ class Phase1Initiator:
         self._rcookie = _ZERO_COOKIE
         self._suite: Suite | None = None
         self._peer_dpd = False
-        self._started = 0.0
         self._pending: Retransmission | None = None
         self._last_reply = b""
-        self._keypair = None
+        self._keypair: KeyPair | None = None
         self._ni = b""
         self._derived: Derived | None = None
         self._chain: CbcChain | None = None
@@ -119,12 +122,9 @@ class Phase1Initiator:
         if self.state is not InitiatorState.IDLE:
             raise RuntimeError(f"initiator already {self.state.value}")
         out = Collector()
-        self._started = now
         self._icookie = self._rng(8)
-        payloads: list = [self._offer]
-        if self._dpd:
-            payloads.append(VendorId(DPD_VENDOR_ID))
-        self._transmit(out, Message.build(self._icookie, _ZERO_COOKIE, ExchangeType.IDENTITY_PROTECTION, payloads).encode(), now)
+        payloads = with_dpd_vendor_id((self._offer,), self._dpd)
+        self._transmit(out, self._clear(payloads), now)
         self.state = InitiatorState.SENT_1
         return out.output(self.timer)
 
@@ -217,7 +217,7 @@ class Phase1Initiator:
             self._fail(out, FailureReason.NO_PROPOSAL_CHOSEN, str(err))
             return
         self._rcookie = message.header.rcookie
-        self._peer_dpd = any(isinstance(p, VendorId) and p.data == DPD_VENDOR_ID for p in message.payloads)
+        self._peer_dpd = announces_dpd(message.payloads)
         self._keypair = generate_keypair(self._suite.dh, self._rng)
         self._ni = self._rng(NONCE_SIZE)
         payloads = (KeyExchange(self._keypair.public_value), Nonce(self._ni))
@@ -265,7 +265,7 @@ class Phase1Initiator:
             return
         idir, hash_r = pick(payloads, Identification, Hash)
         assert isinstance(idir, Identification) and isinstance(hash_r, Hash)
-        if hash_r.data != self._derived.hash_r(idir):
+        if not hmac.compare_digest(hash_r.data, self._derived.hash_r(idir)):
             self._fail(out, FailureReason.AUTHENTICATION_FAILED, "authentication failed: HASH_R mismatch (pre-shared key differs?)")
             return
         self._chain.advance(message)
@@ -276,22 +276,9 @@ class Phase1Initiator:
         out.emit(IkeSaEstablished(sa))
 
     def _sa(self, peer_identity: Identification, last_block: bytes, now: float) -> IkeSa:
-        assert self._derived is not None and self._suite is not None
-        return IkeSa(
-            role=Role.INITIATOR,
-            icookie=self._icookie,
-            rcookie=self._rcookie,
-            peer=self.peer,
-            suite=self._suite,
-            doi=self._doi,
-            keys=self._derived.keys,
-            cipher_key=self._derived.cipher_key,
-            last_block=last_block,
-            local_identity=self.identity,
-            peer_identity=peer_identity,
-            established_at=now,
-            expires_at=now + self._suite.lifetime,
-            peer_supports_dpd=self._peer_dpd,
+        assert self._derived is not None
+        return self._derived.establish(
+            Role.INITIATOR, self.peer, self._doi, self.identity, peer_identity, last_block, now, self._peer_dpd
         )
 
     # -- informationals during Main Mode -------------------------------------
@@ -338,8 +325,8 @@ class Phase1Initiator:
 
     # -- helpers -------------------------------------------------------------
 
-    def _clear(self, payloads: Sequence) -> bytes:
-        return Message.build(self._icookie, self._rcookie, ExchangeType.IDENTITY_PROTECTION, payloads, flags=Flags.NONE).encode()
+    def _clear(self, payloads: Sequence[Payload]) -> bytes:
+        return Message.build(self._icookie, self._rcookie, ExchangeType.IDENTITY_PROTECTION, payloads).encode()
 
     def _transmit(self, out: Collector, datagram: bytes, now: float) -> None:
         self._pending = Retransmission.start(datagram, self.peer, self._policy, now)

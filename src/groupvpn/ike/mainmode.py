@@ -13,12 +13,12 @@ from dataclasses import dataclass, field, replace
 from ..crypto.dh import EcpGroup, Group, KeyPair, ModpGroup
 from ..crypto.errors import InvalidKey
 from ..crypto.ikev1 import Phase1Keys, hash_i, hash_r, phase1_iv, psk_keys
-from ..wire.isakmp import Identification, Proposal, SecurityAssociation, Transform
+from ..wire.isakmp import Identification, Proposal, SecurityAssociation, Transform, VendorId
 from ..wire.message import Payload
-from ..wire.numbers import DOI, IsakmpTransformId, PayloadType, ProtocolId, Situation, name_of
+from ..wire.numbers import DOI, DPD_VENDOR_ID, IsakmpTransformId, PayloadType, ProtocolId, Situation, name_of
 from .proposals import Suite, TransformRejected, describe
 from .psk import PreSharedKey
-from .sa import CbcChain
+from .sa import Address, CbcChain, IkeSa, Role
 
 Rng = Callable[[int], bytes]
 
@@ -103,6 +103,15 @@ def generate_keypair(group: Group, rng: Rng) -> KeyPair:
     raise RuntimeError(f"random source gave no usable scalar for group {group.number}")
 
 
+def announces_dpd(payloads: Sequence[Payload]) -> bool:
+    """Whether a Main Mode message carries the RFC 3706 vendor ID."""
+    return any(isinstance(p, VendorId) and p.data == DPD_VENDOR_ID for p in payloads)
+
+
+def with_dpd_vendor_id(payloads: Sequence[Payload], dpd: bool) -> tuple[Payload, ...]:
+    return (*payloads, VendorId(DPD_VENDOR_ID)) if dpd else tuple(payloads)
+
+
 def check_nonce(data: bytes) -> None:
     low, high = NONCE_RANGE
     if not low <= len(data) <= high:
@@ -145,6 +154,36 @@ class Derived:
 
     def hash_r(self, idir: Identification) -> bytes:
         return hash_r(self.exchanged.suite.hash, self.keys.skeyid, idir_b=idir.encode_body(), **self._inputs())
+
+    def establish(
+        self,
+        role: Role,
+        peer: Address,
+        doi: int,
+        local_identity: Identification,
+        peer_identity: Identification,
+        last_block: bytes,
+        now: float,
+        peer_supports_dpd: bool,
+    ) -> IkeSa:
+        """The IKE SA these keys make, once message 5 or 6 verified; ``last_block`` ends Phase 1's CBC chain."""
+        x = self.exchanged
+        return IkeSa(
+            role=role,
+            icookie=x.icookie,
+            rcookie=x.rcookie,
+            peer=peer,
+            suite=x.suite,
+            doi=doi,
+            keys=self.keys,
+            cipher_key=self.cipher_key,
+            last_block=last_block,
+            local_identity=local_identity,
+            peer_identity=peer_identity,
+            established_at=now,
+            expires_at=now + x.suite.lifetime,
+            peer_supports_dpd=peer_supports_dpd,
+        )
 
     def message5_chain(self) -> CbcChain:
         """CBC state for message 5: IV = H(g^xi | g^xr); message 6 chains on from it."""

@@ -104,11 +104,7 @@ class Suite:
     @property
     def name(self) -> str:
         return "-".join(
-            (
-                _CIPHER_NAMES.get((self.encryption, self.key_length), f"enc{int(self.encryption)}/{self.key_length}"),
-                _HASH_NAMES.get(self.hash, f"hash{int(self.hash)}"),
-                _GROUP_NAMES.get(self.group, f"group{int(self.group)}"),
-            )
+            (_CIPHER_NAMES[(self.encryption, self.key_length)], _HASH_NAMES[self.hash], _GROUP_NAMES[self.group])
         )
 
     @property

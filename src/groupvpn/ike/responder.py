@@ -18,6 +18,7 @@ last message from a peer gets the stored reply, never new state.
 from __future__ import annotations
 
 import collections
+import hmac
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,13 +26,11 @@ from dataclasses import dataclass, field
 from ..crypto.errors import CryptoError, InvalidPublicValue
 from ..crypto.prf import prf
 from ..wire.errors import WireError
-from ..wire.isakmp import Hash, Identification, KeyExchange, Nonce, Notify, SecurityAssociation, VendorId
+from ..wire.isakmp import Hash, Identification, KeyExchange, Nonce, Notify, SecurityAssociation
 from ..wire.message import HEADER, Message, decode_message
 from ..wire.numbers import (
     DOI,
-    DPD_VENDOR_ID,
     ExchangeType,
-    Flags,
     HashAlgorithm,
     NotifyType,
     PayloadType,
@@ -45,10 +44,12 @@ from .mainmode import (
     NoProposalChosen,
     Rng,
     UnexpectedPayloads,
+    announces_dpd,
     check_nonce,
     choose,
     generate_keypair,
     pick,
+    with_dpd_vendor_id,
 )
 from .proposals import Suite
 from .psk import PskStore
@@ -242,9 +243,7 @@ class Phase1Responder:
             self._refuse(out, icookie, rcookie, NotifyType.NO_PROPOSAL_CHOSEN, addr, sa.doi)
             out.emit(IkeSaFailed(addr, FailureReason.NO_PROPOSAL_CHOSEN, f"{err} from {addr[0]}"))
             return
-        payloads: list = [reply]
-        if self._dpd:
-            payloads.append(VendorId(DPD_VENDOR_ID))
+        payloads = with_dpd_vendor_id((reply,), self._dpd)
         message2 = Message.build(icookie, rcookie, ExchangeType.IDENTITY_PROTECTION, payloads).encode()
         # SA is the first payload (checked above): its body starts right after header and generic header.
         sa_length = int.from_bytes(datagram[HEADER.size + 2 : HEADER.size + 4], "big")
@@ -256,7 +255,7 @@ class Phase1Responder:
             sai_b=datagram[HEADER.size + 4 : HEADER.size + sa_length],
             suite=suite,
             doi=sa.doi,
-            peer_dpd=any(isinstance(p, VendorId) and p.data == DPD_VENDOR_ID for p in message.payloads),
+            peer_dpd=announces_dpd(message.payloads),
             message1=datagram,
             message2=message2,
         )
@@ -312,7 +311,7 @@ class Phase1Responder:
 
     def _message5(self, out: Collector, record: _HalfOpen, message: Message, datagram: bytes, now: float) -> None:
         assert record.exchanged is not None
-        problem = f"message 5 from {record.peer[0]} did not decrypt to valid payloads"
+        problem = f"message 5 from {record.peer[0]} did not decrypt to valid payloads (pre-shared key differs?)"
         for candidate in self._psks.candidates(record.peer[0]):
             derived = record.exchanged.derive(candidate.key)
             chain = derived.message5_chain()
@@ -325,28 +324,16 @@ class Phase1Responder:
                 candidate.identity.id_type,
                 candidate.identity.data,
             ):
+                problem = f"no pre-shared key for identity {idii.describe()['data']}"
                 continue
-            if hash_i.data != derived.hash_i(idii):
-                problem = "HASH_I mismatch"
+            if not hmac.compare_digest(hash_i.data, derived.hash_i(idii)):
+                problem = "HASH_I mismatch (pre-shared key differs?)"
                 continue
             chain.advance(message)
             payloads = (self.identity, Hash(derived.hash_r(self.identity)))
             message6 = chain.seal(record.icookie, record.rcookie, ExchangeType.IDENTITY_PROTECTION, payloads, 0)
-            sa = IkeSa(
-                role=Role.RESPONDER,
-                icookie=record.icookie,
-                rcookie=record.rcookie,
-                peer=record.peer,
-                suite=record.suite,
-                doi=record.doi,
-                keys=derived.keys,
-                cipher_key=derived.cipher_key,
-                last_block=chain.iv,
-                local_identity=self.identity,
-                peer_identity=idii,
-                established_at=now,
-                expires_at=now + record.suite.lifetime,
-                peer_supports_dpd=record.peer_dpd,
+            sa = derived.establish(
+                Role.RESPONDER, record.peer, record.doi, self.identity, idii, chain.iv, now, record.peer_dpd
             )
             del self._half_open[record.icookie + record.rcookie]
             self.sessions[sa.cookies] = Session(
@@ -362,7 +349,7 @@ class Phase1Responder:
             out.emit(IkeSaEstablished(sa))
             return
         self._abandon(out, record, NotifyType.AUTHENTICATION_FAILED, FailureReason.AUTHENTICATION_FAILED,
-                      f"authentication failed: {problem} (pre-shared key differs?)")
+                      f"authentication failed: {problem}")
 
     # -- errors and informationals ---------------------------------------------
 
