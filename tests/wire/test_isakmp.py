@@ -251,3 +251,20 @@ def test_delete_and_notify_errors():
 def test_ke_and_nonce_are_opaque():
     assert KeyExchange.decode_body(b"\x01" * 256, 0) == KeyExchange(b"\x01" * 256)
     assert KeyExchange(b"x") != Nonce(b"x")
+
+
+def test_quick_mode_sa_under_ipsec_doi_decodes_as_proposals():
+    """Exchange 32 is Quick Mode under DOI 1: its SA carries proposals, not GDOI attribute payloads."""
+    from groupvpn.wire.attributes import Attribute
+    from groupvpn.wire.isakmp import Proposal, SecurityAssociation, Transform
+    from groupvpn.wire.message import Message, decode_message
+    from groupvpn.wire.numbers import DOI, ExchangeType, ProtocolId, Situation
+
+    sa = SecurityAssociation(
+        (Proposal(1, ProtocolId.IPSEC_ESP, (Transform(1, 12, (Attribute.tv(6, 128),)),), spi=b"\x01\x02\x03\x04"),),
+        doi=DOI.IPSEC,
+        situation=Situation.SIT_IDENTITY_ONLY,
+    )
+    msg = Message.build(b"\x11" * 8, b"\x22" * 8, ExchangeType.GROUPKEY_PULL, [sa], message_id=7)
+    decoded = decode_message(msg.encode())
+    assert decoded.payloads == (sa,)

@@ -160,8 +160,19 @@ class Header:
         }
 
 
+def _sa_class(exchange: int, body: bytes) -> type[Payload]:
+    """GDOI-form SA only in a GDOI exchange under DOI 2.
+
+    Exchanges 32/33 are DOI-specific: with the IPsec DOI they are Quick Mode
+    and New Group Mode, whose SA payloads carry proposals (RFC 2408 §3.1).
+    """
+    if exchange in GDOI_EXCHANGES and body[:4] == n.DOI.GDOI.to_bytes(4, "big"):
+        return GroupSa
+    return SecurityAssociation
+
+
 def _payload_class(ptype: int, exchange: int, offset: int) -> type[Payload] | None:
-    """The class decoding ``ptype`` in ``exchange``; None for payloads kept raw."""
+    """The class decoding ``ptype`` (SA: refined by ``_sa_class``); None for payloads kept raw."""
     if ptype == n.PayloadType.SA:
         return GroupSa if exchange in GDOI_EXCHANGES else SecurityAssociation
     cls = _TOP_LEVEL.get(ptype)
@@ -188,6 +199,8 @@ def _decode_chain(
         next_type, length = read_generic_header(data, pos, name, base_offset)
         body = data[pos + GENERIC_HEADER.size : pos + length]
         body_offset = base_offset + pos + GENERIC_HEADER.size
+        if ptype == n.PayloadType.SA:
+            cls = _sa_class(exchange, body)
         out.append(cls.decode_body(body, body_offset) if cls is not None else RawPayload(ptype, bytes(body)))
         ptype = next_type
         pos += length
