@@ -399,11 +399,21 @@ class IpsecAttribute(IntEnum):
     SIGNATURE_ENCODING_ALGORITHM = 13
     ADDRESS_PRESERVATION = 14
     SA_DIRECTION = 15
+    # Project choice in RFC 2407 §4.5's private range (32001-32767): marks an
+    # SA TEK that is a deny entry, not an SA; see docs/conformance.md.
+    POLICY_ACTION = 32001
 
 
 IPSEC_VARIABLE_ATTRIBUTES = frozenset(
     {IpsecAttribute.SA_LIFE_DURATION, IpsecAttribute.COMPRESS_PRIVATE_ALGORITHM}
 )
+
+
+class PolicyAction(IntEnum):
+    """Values of the private ``IpsecAttribute.POLICY_ACTION``; absent means PERMIT."""
+
+    PERMIT = 1
+    DENY = 2
 
 
 class EspTransform(IntEnum):
