@@ -1,24 +1,55 @@
-"""GroupKeys over a real SQLite store: current keys, restart, rekey schedule and idempotence."""
+"""GroupKeys over a real SQLite store: current keys, restart, rekey schedule, idempotence, policy."""
 
 from __future__ import annotations
 
 import random
-from ipaddress import ip_network
+from dataclasses import replace
+from ipaddress import ip_address, ip_network
 
 import pytest
 
-from groupvpn.crypto.errors import InvalidKey, UnsupportedAlgorithm
+from groupvpn.crypto.errors import InvalidKey
 from groupvpn.crypto.sig import SigningKey
+from groupvpn.crypto.suites import esp_suite
+from groupvpn.gdoi import (
+    AckRequest,
+    Endpoint,
+    GroupAssociatedPolicy,
+    GroupPolicy,
+    TrafficSelector,
+)
 from groupvpn.ks.keys import GroupConfig, GroupKeys, KekConfig, KeySet, NoFreeSpi, TekConfig
 from groupvpn.ks.store import KeyState, KeyStore
-from groupvpn.wire.numbers import AuthAlgorithm, EspTransform, SigAlgorithm, SigHashAlgorithm
+from groupvpn.wire.numbers import (
+    AuthAlgorithm,
+    EspTransform,
+    KekAckType,
+    SigAlgorithm,
+    SigHashAlgorithm,
+)
 
 T0 = 1_700_000_000.0
-KEK = KekConfig(lifetime=1000, sig_algorithm=SigAlgorithm.ECDSA_256)
-SA1 = TekConfig("sa1", EspTransform.AES_CBC, 256, AuthAlgorithm.HMAC_SHA2_256, lifetime=600,
-                destination=ip_network("198.18.0.0/15"))
-SA2 = TekConfig("sa2", EspTransform.AES_GCM_16, 128, None, lifetime=800)
-CONFIG = GroupConfig(group_id=42, kek=KEK, teks=(SA1, SA2))
+KS = Endpoint(ip_address("198.18.0.1"), 848)
+REKEY = Endpoint(ip_address("198.18.0.255"), 848)
+LAN_A = Endpoint(ip_network("198.18.10.0/24"))
+LAN_B = Endpoint(ip_network("198.18.20.0/24"))
+A_TO_B = TrafficSelector(0, LAN_A, LAN_B)
+ANY = TrafficSelector(0, Endpoint(ip_network("0.0.0.0/0")), Endpoint(ip_network("0.0.0.0/0")))
+CBC = esp_suite(EspTransform.AES_CBC, 256, AuthAlgorithm.HMAC_SHA2_256)
+GCM = esp_suite(EspTransform.AES_GCM_16, 128)
+KEK = KekConfig(
+    lifetime=1000,
+    source=KS,
+    destination=REKEY,
+    sig_algorithm=SigAlgorithm.ECDSA_256,
+    sig_hash=None,
+    ack=AckRequest(KekAckType.KEK_SHA256),
+)
+SA1 = TekConfig("sa1", CBC, lifetime=600, selectors=(A_TO_B, A_TO_B.mirrored()))
+SA2 = TekConfig("sa2", GCM, lifetime=800, selectors=(ANY,))
+GAP = GroupAssociatedPolicy(activation_delay=5, deactivation_delay=30, anti_replay_window=10)
+DENY = TrafficSelector(17, Endpoint(ip_network("198.18.10.0/24"), 53), Endpoint(ip_network("0.0.0.0/0")))
+CONFIG = GroupConfig(group_id=42, kek=KEK, teks=(SA1, SA2), gap=GAP, deny=(DENY,))
 
 
 @pytest.fixture
@@ -58,7 +89,7 @@ def test_ensure_current_creates_once_and_restart_serves_the_same_keys(db_path):
 
 
 def test_groups_share_a_store_without_sharing_keys(store):
-    other = GroupConfig(group_id=7, kek=KEK, teks=(SA1,))
+    other = replace(CONFIG, group_id=7, teks=(SA1,))
     a = GroupKeys(store, CONFIG).ensure_current(T0)
     b = GroupKeys(store, other).ensure_current(T0)
     assert a.kek.spi != b.kek.spi and a.teks[0].spi != b.teks[0].spi
@@ -70,7 +101,7 @@ def test_rekey_time_is_when_ten_percent_of_the_first_lifetime_remains(store):
     assert keys.next_rekey_time() is None
     keys.ensure_current(T0)
     assert keys.next_rekey_time() == T0 + 540  # sa1: 600 s, 60 s left
-    quarter = GroupKeys(store, GroupConfig(42, KEK, (SA1, SA2), rekey_fraction=0.25))
+    quarter = GroupKeys(store, replace(CONFIG, rekey_fraction=0.25))
     assert quarter.next_rekey_time() == T0 + 450
 
 
@@ -141,7 +172,7 @@ def test_spis_stay_unique_over_thousands_of_generations(store):
         value = rnd.randrange(3000)  # 0-255 are reserved TEK SPIs, so they are drawn often
         return (b"\x01" * 8 + value.to_bytes(8, "big")) if size == 16 else value.to_bytes(4, "big")
 
-    config = GroupConfig(9, KekConfig(lifetime=700, sig_algorithm=SigAlgorithm.ECDSA_256), (SA1, SA2))
+    config = replace(CONFIG, group_id=9, kek=replace(KEK, lifetime=700))
     keys = GroupKeys(store, config, rng)
     issued = [spis(keys.ensure_current(T0))]
     for i in range(1, 1001):
@@ -169,26 +200,100 @@ def test_stored_signing_key_must_fit_the_configured_scheme(store):
 
 
 def test_rsa_signing_key_by_default(store):
-    keys = GroupKeys(store, GroupConfig(1, KekConfig(lifetime=3600), (SA1,)))
+    rsa = KekConfig(lifetime=3600, source=KS, destination=REKEY)
+    keys = GroupKeys(store, GroupConfig(1, rsa, (SA1,)))
     keys.ensure_current(T0)
     assert keys.signing_key(T0).public.key_bits == 2048
 
 
+def test_current_policy_carries_the_current_keys_and_round_trips(store):
+    keys = GroupKeys(store, CONFIG)
+    current = keys.ensure_current(T0)
+    policy = keys.current_policy(T0 + 100)
+    assert policy.kek.spi == current.kek.spi and policy.kek_keys.kek == current.kek.kek
+    assert policy.kek.lifetime == 900  # what remains, so members expire it when we do
+    assert policy.kek.ack == KEK.ack and (policy.kek.source, policy.kek.destination) == (KS, REKEY)
+    assert policy.kek_keys.verifying_key.spki == keys.signing_key(T0).public.spki
+    assert policy.kek.sig_key_bits == 256 and policy.gap == GAP
+    sa1, sa2 = (t.spi.to_bytes(4, "big") for t in current.teks)
+    assert [(t.spi, t.selector, t.lifetime) for t in policy.teks if t.permits] == [
+        (sa1, A_TO_B, 500),
+        (sa1, A_TO_B.mirrored(), 500),
+        (sa2, ANY, 700),
+    ]
+    assert [t.selector for t in policy.teks if not t.permits] == [DENY]
+    assert [(k.spi, k.material) for k in policy.tek_keys] == [
+        (sa1, current.teks[0].keys),
+        (sa2, current.teks[1].keys),
+    ]
+    sa, kd = policy.to_wire()
+    assert GroupPolicy.from_wire(42, sa, kd).to_wire() == (sa, kd)
+
+
+def test_lifetimes_never_go_below_the_policy_minimum(store):
+    keys = GroupKeys(store, CONFIG)
+    keys.ensure_current(T0)
+    assert keys.current_policy(T0 + 599.5).teks[0].lifetime == 10
+
+
+def test_rekey_policy_carries_only_the_pending_keys(store):
+    keys = GroupKeys(store, CONFIG)
+    keys.ensure_current(T0)
+    pending = keys.prepare_rekey(T0 + 100, force=True)
+    kek_only = keys.policy(KeySet(pending.kek, ()), T0 + 100)
+    assert kek_only.teks == () and kek_only.tek_keys == ()
+    assert kek_only.kek.spi == pending.kek.spi and kek_only.kek.lifetime == 1000  # not yet started
+    teks_only = keys.policy(KeySet(None, pending.teks), T0 + 100)
+    assert teks_only.kek is None and teks_only.kek_keys is None
+    assert {t.spi for t in teks_only.teks if t.permits} == {t.spi.to_bytes(4, "big") for t in pending.teks}
+    assert [t.selector for t in teks_only.teks if not t.permits] == [DENY]
+
+
+def test_changed_configuration_makes_the_slot_due_at_once(db_path):
+    with KeyStore(db_path) as store:
+        old = GroupKeys(store, CONFIG).ensure_current(T0)
+    sha1 = esp_suite(EspTransform.AES_CBC, 128, AuthAlgorithm.HMAC_SHA1)
+    aes128 = replace(CONFIG, teks=(replace(SA1, suite=sha1), SA2))
+    with KeyStore(db_path) as store:
+        keys = GroupKeys(store, aes128)
+        assert keys.next_rekey_time() == T0
+        assert keys.current_policy(T0 + 1).teks[0].suite == CBC  # served as it is until replaced
+        pending = keys.prepare_rekey(T0 + 1)
+        assert [t.name for t in pending.teks] == ["sa1"] and pending.teks[0].suite == aes128.teks[0].suite
+        assert pending.kek is None
+    bigger_kek = replace(CONFIG, kek=replace(KEK, key_bits=256))
+    with KeyStore(db_path) as store:
+        keys = GroupKeys(store, bigger_kek)
+        assert keys.next_rekey_time() == T0
+        assert len(keys.prepare_rekey(T0 + 2).kek.kek.key) == 32
+        assert keys.ensure_current(T0 + 2).kek.spi == old.kek.spi
+
+
 @pytest.mark.parametrize(
-    "make, error",
+    "make, problem",
     [
-        (lambda: KekConfig(lifetime=0), ValueError),
-        (lambda: KekConfig(lifetime=1 << 32), ValueError),
-        (lambda: KekConfig(lifetime=60, key_bits=100), InvalidKey),
-        (lambda: KekConfig(lifetime=60, sig_algorithm=SigAlgorithm.ECDSA_384), UnsupportedAlgorithm),
-        (lambda: KekConfig(lifetime=60, sig_hash=SigHashAlgorithm.MD5), UnsupportedAlgorithm),
-        (lambda: TekConfig("x", EspTransform.AES_CBC, None, AuthAlgorithm.HMAC_SHA1, 60), UnsupportedAlgorithm),
-        (lambda: TekConfig("x", EspTransform.AES_CBC, 128, AuthAlgorithm.HMAC_SHA1, 0), ValueError),
-        (lambda: GroupConfig(1 << 32, KEK, ()), ValueError),
-        (lambda: GroupConfig(1, KEK, (SA1, SA1)), ValueError),
-        (lambda: GroupConfig(1, KEK, (SA1,), rekey_fraction=1.0), ValueError),
+        (lambda: replace(CONFIG, kek=replace(KEK, lifetime=5)), "lifetime of 5 s"),
+        (lambda: replace(CONFIG, kek=replace(KEK, key_bits=100)), "no 100-bit keys"),
+        (lambda: replace(CONFIG, kek=replace(KEK, key_bits=None)), "needs a key length"),
+        (lambda: replace(CONFIG, kek=replace(KEK, algorithm=7)), "KEK algorithm 7"),
+        (
+            lambda: replace(
+                CONFIG, kek=replace(KEK, sig_algorithm=SigAlgorithm.ECDSA_384, sig_hash=SigHashAlgorithm.SHA256)
+            ),
+            "implies SIG_HASH SHA384",
+        ),
+        (
+            lambda: replace(CONFIG, kek=replace(KEK, sig_algorithm=SigAlgorithm.RSA, sig_hash=SigHashAlgorithm.MD5)),
+            "SIG_HASH_ALGORITHM 1",
+        ),
+        (lambda: replace(CONFIG, teks=(replace(SA1, lifetime=0),)), "lifetime of 0 s"),
+        (lambda: replace(CONFIG, teks=(replace(SA1, selectors=()),)), "at least one selector"),
+        (lambda: replace(CONFIG, teks=(replace(SA1, selectors=(A_TO_B, ANY)),)), "unpaired policies"),
+        (lambda: replace(CONFIG, group_id=1 << 32), "does not fit 4 octets"),
+        (lambda: replace(CONFIG, teks=(SA1, replace(SA2, name="sa1"))), "unique"),
+        (lambda: replace(CONFIG, rekey_fraction=1.0), "rekey fraction"),
     ],
 )
-def test_unusable_configuration_is_refused_up_front(make, error):
-    with pytest.raises(error):
+def test_unusable_configuration_is_refused_up_front(make, problem):
+    with pytest.raises(ValueError, match=problem):
         make()

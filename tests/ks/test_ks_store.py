@@ -34,9 +34,8 @@ SUITE = esp_suite(EspTransform.AES_CBC, 256, AuthAlgorithm.HMAC_SHA2_256)
 
 
 def kek(spi_byte: int, state: KeyState = KeyState.PENDING, created: float = 1000.0) -> StoredKek:
-    return StoredKek(
-        GROUP, bytes([spi_byte]) * 16, Kek.generate(KekAlgorithm.AES, 256), KeyTimes(3600, created, state=state)
-    )
+    material = Kek.generate(KekAlgorithm.AES, 256)
+    return StoredKek(GROUP, bytes([spi_byte]) * 16, material, KeyTimes(3600, created, state=state))
 
 
 def tek(spi: int, name: str = "sa1", created: float = 1000.0) -> StoredTek:

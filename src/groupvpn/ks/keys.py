@@ -10,110 +10,168 @@ layer's CSPRNG.
 A group has one KEK slot and one TEK slot per SA of its configuration.
 Each slot holds at most one active key (served in PULL replies) and one
 pending key (generated for the next GROUPKEY-PUSH).  A key's lifetime
-starts when it becomes active.
+starts when it becomes active.  The keys leave as a ``GroupPolicy`` (the
+``gdoi.policy`` model), whose constructors also vet the configuration.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
-from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from ..crypto.cbc import kek_cipher
+from ..crypto.errors import CryptoError
 from ..crypto.gdoi import Kek
-from ..crypto.sig import DEFAULT_RSA_BITS, SignatureScheme, SigningKey, signature_scheme
-from ..crypto.suites import EspSuite, esp_suite
-from ..wire.numbers import AuthAlgorithm, EspTransform, KekAlgorithm, SigAlgorithm, SigHashAlgorithm
-from ..wire.gdoi import KEK_SPI_SIZE
-from .store import (
-    KeyState,
-    KeyStore,
-    KeyTimes,
-    SpiReused,
-    StoredKek,
-    StoredTek,
+from ..crypto.sig import DEFAULT_RSA_BITS, SigningKey, signature_scheme
+from ..crypto.suites import EspSuite
+from ..gdoi.policy import (
+    MIN_LIFETIME,
+    AckRequest,
+    Endpoint,
+    GroupAssociatedPolicy,
+    GroupPolicy,
+    KekKeys,
+    KekPolicy,
+    SaPolicy,
+    TekKeys,
+    TekPolicy,
+    TrafficSelector,
 )
+from ..wire.gdoi import KEK_SPI_SIZE, TEK_SPI_SIZE
+from ..wire.numbers import AddressPreservation, KekAlgorithm, SaDirection, SigAlgorithm, SigHashAlgorithm
+from .store import KeyState, KeyStore, KeyTimes, SpiReused, StoredKek, StoredTek
 
 DEFAULT_REKEY_FRACTION = 0.1  # rekey when this share of a key's lifetime remains
-MAX_LIFETIME = 0xFFFFFFFF  # KEK_KEY_LIFETIME and SA Life Duration are 4 octets here
-SPI_DRAWS = 64  # SPIs drawn before giving up; only a broken rng or a full space gets there
+SPI_DRAWS = 64  # SPIs drawn before giving up; only a broken rng or a nearly full space gets there
 
-Network = IPv4Network | IPv6Network
-ANY_V4 = ip_network("0.0.0.0/0")
-
-
-def _check_lifetime(lifetime: int) -> None:
-    if not 0 < lifetime <= MAX_LIFETIME:
-        raise ValueError(f"lifetime must be 1..{MAX_LIFETIME} seconds, got {lifetime}")
+# Stand-in SPIs for vetting a configuration through the policy constructors.
+_PROBE_KEK_SPI = b"\x01" * KEK_SPI_SIZE
+_FIRST_TEK_SPI = 256
 
 
 @dataclass(frozen=True)
 class KekConfig:
-    """The group's rekey SA: KEK cipher and lifetime, and how PUSH messages are signed.
+    """The group's rekey SA: KEK cipher and lifetime, PUSH addressing and signing, acks.
 
     Defaults are RFC 6407's MUSTs: AES-128-CBC, RSA 2048 with SHA-256 (§5.3.2, §5.3.5-6).
+    ``source`` is the key server, ``destination`` where pushes go.
     """
 
     lifetime: int
+    source: Endpoint
+    destination: Endpoint
     algorithm: KekAlgorithm = KekAlgorithm.AES
-    key_bits: int = 128
+    key_bits: int | None = 128
     sig_algorithm: SigAlgorithm = SigAlgorithm.RSA
-    sig_hash: SigHashAlgorithm = SigHashAlgorithm.SHA256
+    sig_hash: SigHashAlgorithm | None = SigHashAlgorithm.SHA256
     rsa_bits: int = DEFAULT_RSA_BITS
+    ack: AckRequest | None = None
 
     def __post_init__(self) -> None:
-        _check_lifetime(self.lifetime)
-        kek_cipher(self.algorithm).key_size(self.key_bits)
-        self.scheme  # noqa: B018 -- an unusable combination fails here, not at the first PUSH
+        try:
+            self.key_size
+        except CryptoError as err:
+            raise ValueError(f"KEK: {err}") from None
 
     @property
-    def scheme(self) -> SignatureScheme:
-        return signature_scheme(self.sig_algorithm, self.sig_hash)
+    def key_size(self) -> int:
+        """KEK key octets."""
+        return kek_cipher(self.algorithm).key_size(self.key_bits)
+
+    def fits(self, kek: Kek) -> bool:
+        """Whether an existing KEK is of the configured cipher and size."""
+        return kek.algorithm == self.algorithm and len(kek.key) == self.key_size
+
+    def policy(
+        self,
+        spi: bytes,
+        algorithm: KekAlgorithm,
+        key_bits: int | None,
+        lifetime: int,
+        sig_key_bits: int | None,
+    ) -> KekPolicy:
+        """The SA KEK for a KEK of ``algorithm`` / ``key_bits`` (it may predate a config change)."""
+        return KekPolicy(
+            spi,
+            algorithm,
+            key_bits,
+            lifetime,
+            self.sig_algorithm,
+            self.sig_hash,
+            self.source,
+            self.destination,
+            sig_key_bits,
+            self.ack,
+        )
 
 
 @dataclass(frozen=True)
 class TekConfig:
-    """One SA of the group: its ESP suite, lifetime and traffic selectors (one SA TEK)."""
+    """One SA of the group: a TEK and the selectors it covers (two only as mirror images)."""
 
     name: str
-    transform: EspTransform
-    key_bits: int | None
-    auth: AuthAlgorithm | None
+    suite: EspSuite
     lifetime: int
-    source: Network = ANY_V4
-    destination: Network = ANY_V4
-    protocol: int = 0
-    source_port: int = 0
-    destination_port: int = 0
+    selectors: tuple[TrafficSelector, ...]
+    lifetime_kilobytes: int | None = None
+    preservation: AddressPreservation = AddressPreservation.SOURCE_AND_DESTINATION
+    direction: SaDirection = SaDirection.SYMMETRIC
 
-    def __post_init__(self) -> None:
-        _check_lifetime(self.lifetime)
-        self.suite  # noqa: B018 -- an unsupported suite fails here, not at the first PULL
-
-    @property
-    def suite(self) -> EspSuite:
-        return esp_suite(self.transform, self.key_bits, self.auth)
+    def policies(self, spi: bytes, suite: EspSuite, lifetime: int) -> tuple[TekPolicy, ...]:
+        """One SA TEK per selector, all keyed by the TEK under ``spi``."""
+        return tuple(
+            TekPolicy(
+                spi, selector, suite, lifetime, self.lifetime_kilobytes, self.preservation, self.direction
+            )
+            for selector in self.selectors
+        )
 
 
 @dataclass(frozen=True)
 class GroupConfig:
-    """What the key server needs to know about one group to key it."""
+    """What the key server needs to know about one group to key it.
+
+    ``deny`` lists selectors the group leaves unencrypted (deny entries);
+    ``gap`` is sent with every SA payload.
+    """
 
     group_id: int
     kek: KekConfig
     teks: tuple[TekConfig, ...]
+    gap: GroupAssociatedPolicy | None = None
+    deny: tuple[TrafficSelector, ...] = ()
     rekey_fraction: float = DEFAULT_REKEY_FRACTION
 
     def __post_init__(self) -> None:
-        if not 0 <= self.group_id <= 0xFFFFFFFF:
-            raise ValueError(f"group ID must fit in 4 octets (ID_KEY_ID), got {self.group_id}")
         if not 0 < self.rekey_fraction < 1:
             raise ValueError(f"rekey fraction must be between 0 and 1, got {self.rekey_fraction}")
         names = [tek.name for tek in self.teks]
         if len(set(names)) != len(names):
             raise ValueError(f"SA names must be unique within a group: {names}")
+        if any(not tek.selectors for tek in self.teks):
+            raise ValueError("every SA needs at least one selector")
+        if not 0 <= self.group_id <= 0xFFFFFFFF:
+            raise ValueError(f"group ID {self.group_id} does not fit 4 octets (ID_KEY_ID)")
+        # An unusable combination fails here, not in a PULL: the policy model's
+        # constructors hold every rule a member checks (lifetimes, suites, pairing).
+        teks = tuple(
+            policy
+            for i, tek in enumerate(self.teks)
+            for policy in tek.policies(
+                (_FIRST_TEK_SPI + i).to_bytes(TEK_SPI_SIZE, "big"), tek.suite, tek.lifetime
+            )
+        )
+        kek = self.kek.policy(
+            _PROBE_KEK_SPI, self.kek.algorithm, self.kek.key_bits, self.kek.lifetime, None
+        )
+        SaPolicy(teks + self.deny_policies, kek, self.gap)
+
+    @property
+    def deny_policies(self) -> tuple[TekPolicy, ...]:
+        return tuple(TekPolicy.deny(selector) for selector in self.deny)
 
 
 @dataclass(frozen=True)
@@ -130,6 +188,24 @@ class NoFreeSpi(Exception):
 
 Key = StoredKek | StoredTek
 K = TypeVar("K", StoredKek, StoredTek)
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """The live keys of one slot and how to make its next key."""
+
+    active: Key | None
+    pending: Key | None
+    generate: Callable[[float], Key]
+    stale: bool  # the active key no longer matches the configuration: rekey at once
+
+
+def _seconds_left(times: KeyTimes, now: float) -> int:
+    """A lifetime attribute for a key: what remains of it, so members expire it with us.
+
+    Never below the policy minimum; the rekey point comes well before that.
+    """
+    return max(MIN_LIFETIME, math.ceil(times.remaining(now)))
 
 
 class GroupKeys:
@@ -150,41 +226,74 @@ class GroupKeys:
     def signing_key(self, now: float) -> SigningKey:
         """The group's GROUPKEY-PUSH signing key, generated and stored on first use."""
         if self._signing_key is None:
+            kek = self.config.kek
             pem = self._store.signing_key_pem(self.group_id)
             if pem is None:
-                key = SigningKey.generate(self.config.kek.sig_algorithm, self.config.kek.rsa_bits)
+                key = SigningKey.generate(kek.sig_algorithm, kek.rsa_bits)
                 self._store.create_group(self.group_id, key.to_pem(), now)
             else:
                 key = SigningKey.from_pem(pem)
                 # A stored key that cannot sign this group's PUSHes fails now, not at the first rekey.
-                key.sign(self.config.kek.scheme, b"")
+                key.sign(signature_scheme(kek.sig_algorithm, kek.sig_hash), b"")
             self._signing_key = key
         return self._signing_key
 
     def ensure_current(self, now: float) -> KeySet:
-        """The active KEK and TEKs, first replacing any slot that is empty or expired.
+        """The active KEK and TEKs, first filling any slot that is empty or expired.
 
         A pending key is promoted before a new one is made: it may already
         have gone out in a PUSH that the key server crashed after sending.
         """
         self.signing_key(now)
-        for active, pending, generate in self._slots():
-            if active is None or active.times.remaining(now) <= 0:
-                self._activate(pending or generate(now), now)
+        for slot in self._slots():
+            if slot.active is None or slot.active.times.remaining(now) <= 0:
+                self._activate(slot.pending or slot.generate(now), now)
         return self._keys(KeyState.ACTIVE)
+
+    def current_policy(self, now: float) -> GroupPolicy:
+        """The group policy with the current keys, for GROUPKEY-PULL messages 2 and 4."""
+        return self.policy(self.ensure_current(now), now)
+
+    def policy(self, keys: KeySet, now: float) -> GroupPolicy:
+        """The policy delivering ``keys`` (current or pending) with their remaining lifetimes.
+
+        The GAP always goes along; deny entries go with TEKs, so a KEK-only
+        rekey does not restate the traffic policy.
+        """
+        public = self.signing_key(now).public
+        configs = {tek.name: tek for tek in self.config.teks}
+        teks = tuple(
+            policy
+            for tek in keys.teks
+            for policy in configs[tek.name].policies(
+                tek.spi.to_bytes(TEK_SPI_SIZE, "big"), tek.suite, _seconds_left(tek.times, now)
+            )
+        )
+        if keys.teks:
+            teks += self.config.deny_policies
+        kek = None
+        if keys.kek is not None:
+            lifetime = _seconds_left(keys.kek.times, now)
+            stored = keys.kek.kek
+            kek = self.config.kek.policy(
+                keys.kek.spi, stored.algorithm, len(stored.key) * 8, lifetime, public.key_bits
+            )
+        return GroupPolicy(
+            self.group_id,
+            SaPolicy(teks, kek, self.config.gap),
+            tuple(TekKeys(t.spi.to_bytes(TEK_SPI_SIZE, "big"), t.keys) for t in keys.teks),
+            None if keys.kek is None else KekKeys(keys.kek.kek, public),
+        )
 
     def next_rekey_time(self) -> float | None:
         """When the first active key reaches its rekey point; None before ``ensure_current``.
 
-        The rekey point is activation + (1 - rekey_fraction) * lifetime.
+        The rekey point is activation + (1 - rekey_fraction) * lifetime, or
+        activation itself for a key the configuration has since changed.
         """
-        keep = 1 - self.config.rekey_fraction
-        times = [
-            active.times.activated_at + keep * active.times.lifetime
-            for active, _, _ in self._slots()
-            if active is not None and active.times.activated_at is not None
-        ]
-        return min(times, default=None)
+        return min(
+            (self._rekey_at(slot) for slot in self._slots() if slot.active is not None), default=None
+        )
 
     def prepare_rekey(self, now: float, *, force: bool = False) -> KeySet:
         """The pending keys of the next rekey, generating them for every slot that is due.
@@ -194,12 +303,9 @@ class GroupKeys:
         ``force`` makes every slot due (e.g. a KEK change after a member is removed).
         """
         self.ensure_current(now)
-        keep = 1 - self.config.rekey_fraction
-        for active, pending, generate in self._slots():
-            assert active is not None and active.times.activated_at is not None
-            due = force or now >= active.times.activated_at + keep * active.times.lifetime
-            if pending is None and due:
-                generate(now)
+        for slot in self._slots():
+            if slot.pending is None and (force or now >= self._rekey_at(slot)):
+                slot.generate(now)
         return self._keys(KeyState.PENDING)
 
     def activate(self, keys: KeySet, now: float) -> None:
@@ -211,30 +317,44 @@ class GroupKeys:
 
     # -- slots -------------------------------------------------------------------------------
 
-    def _slots(self) -> list[tuple[Key | None, Key | None, Callable[[float], Key]]]:
-        """(active, pending, generator) for the KEK and for each configured SA."""
+    def _slots(self) -> list[_Slot]:
+        """The KEK slot, then one slot per configured SA."""
         keks = self._store.keks(self.group_id)
-        teks = self._store.teks(self.group_id)
-        slots: list[tuple[Key | None, Key | None, Callable[[float], Key]]] = [
-            (_in(keks, KeyState.ACTIVE), _in(keks, KeyState.PENDING), self._new_kek)
+        active_kek = _in(keks, KeyState.ACTIVE)
+        slots = [
+            _Slot(
+                active_kek,
+                _in(keks, KeyState.PENDING),
+                self._new_kek,
+                active_kek is not None and not self.config.kek.fits(active_kek.kek),
+            )
         ]
-        for tek in self.config.teks:
-            mine = [t for t in teks if t.name == tek.name]
+        teks = self._store.teks(self.group_id)
+        for config in self.config.teks:
+            mine = [t for t in teks if t.name == config.name]
+            active = _in(mine, KeyState.ACTIVE)
             slots.append(
-                (
-                    _in(mine, KeyState.ACTIVE),
+                _Slot(
+                    active,
                     _in(mine, KeyState.PENDING),
-                    lambda now, tek=tek: self._new_tek(tek, now),
+                    lambda now, config=config: self._new_tek(config, now),
+                    active is not None and active.suite != config.suite,
                 )
             )
         return slots
 
+    def _rekey_at(self, slot: _Slot) -> float:
+        assert slot.active is not None and slot.active.times.activated_at is not None
+        times = slot.active.times
+        if slot.stale:
+            return times.activated_at
+        return times.activated_at + (1 - self.config.rekey_fraction) * times.lifetime
+
     def _keys(self, state: KeyState) -> KeySet:
-        names = [tek.name for tek in self.config.teks]
         teks = {t.name: t for t in self._store.teks(self.group_id, state)}
         return KeySet(
             _in(self._store.keks(self.group_id), state),
-            tuple(teks[name] for name in names if name in teks),
+            tuple(teks[c.name] for c in self.config.teks if c.name in teks),
         )
 
     def _activate(self, key: Key, now: float) -> None:
@@ -252,12 +372,16 @@ class GroupKeys:
         )
 
     def _new_tek(self, config: TekConfig, now: float) -> StoredTek:
-        suite = config.suite
-        keys = suite.generate_keys()
+        keys = config.suite.generate_keys()
         times = KeyTimes(config.lifetime, now)
         return self._issue(
             lambda: StoredTek(
-                self.group_id, config.name, int.from_bytes(self._rng(4), "big"), suite, keys, times
+                self.group_id,
+                config.name,
+                int.from_bytes(self._rng(TEK_SPI_SIZE), "big"),
+                config.suite,
+                keys,
+                times,
             ),
             self._store.add_tek,
         )
