@@ -177,7 +177,7 @@ def test_the_key_server_refuses_unknown_groups_and_unauthorized_members(
     item = notify_in(link.sent["KS"][0], ike_sas()[0])
     assert (item.notify_type, item.data) == (notify_type, reason.encode())
     # ...the member's IKE session authenticates it and hands it to every PULL on the SA.
-    out = link.member.peer_notify(item.notify_type, item.data)
+    out = link.member.peer_notify(item.notify_type, item.data, 0.5)
     expected = f"key server {SERVER} refused registration to group {GROUP}: {notify_type.name} ({reason})"
     assert out.events == (RegistrationFailed(FailureKind.REFUSED, expected),) and out.datagrams == ()
     assert link.member.state is PullState.FAILED and link.member.next_deadline is None
@@ -188,10 +188,10 @@ def test_the_key_server_refuses_unknown_groups_and_unauthorized_members(
 
 def test_notifies_that_do_not_end_the_registration() -> None:
     link = PullLink.make(directory()).start()
-    assert link.member.peer_notify(NotifyType.INITIAL_CONTACT, b"").events == ()
+    assert link.member.peer_notify(NotifyType.INITIAL_CONTACT, b"", 0.1).events == ()
     assert link.member.state is PullState.SENT_1
     link.deliver()
-    assert link.member.peer_notify(NotifyType.INVALID_ID_INFORMATION, b"late").events == ()
+    assert link.member.peer_notify(NotifyType.INVALID_ID_INFORMATION, b"late", 1.0).events == ()
     assert link.member.state is PullState.DONE and link.member.stats["ignored notify"] == 2
 
 

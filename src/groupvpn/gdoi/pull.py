@@ -294,11 +294,12 @@ class PullInitiator:
                 out.datagrams.append(pending.resend(now))
         return out.output()
 
-    def peer_notify(self, notify_type: int, data: bytes) -> PullOutput:
+    def peer_notify(self, notify_type: int, data: bytes, now: float) -> PullOutput:
         """An error notify the IKE session authenticated under this SA: the key server refuses us.
 
         Notifies carry no PULL Message ID, so the driver hands one to every
-        registration running under the SA; finished ones ignore it.
+        registration running under the SA; finished ones ignore it.  Like
+        every input of a core it comes with ``now``; a refusal needs no timer.
         """
         out = _Collector()
         if self.state not in (PullState.SENT_1, PullState.SENT_3) or notify_type >= _ERROR_NOTIFY_LIMIT:
