@@ -104,13 +104,10 @@ class Phase1Responder:
         limits: Limits = Limits(),
         rng: Rng = os.urandom,
     ) -> None:
-        if not suites:
-            raise ValueError("a responder needs at least one acceptable suite")
-        self.suites = tuple(suites)
         self.identity = identity
         self.sessions: dict[bytes, Session] = {}
         self.stats: collections.Counter[str] = collections.Counter()
-        self._psks = psks
+        self.configure(psks, suites)
         self._dois = dois
         self._dpd = dpd
         self._dpd_idle = dpd_idle
@@ -122,6 +119,13 @@ class Phase1Responder:
         self._rotate_at: float | None = None
 
     # -- public API ------------------------------------------------------------
+
+    def configure(self, psks: PskStore, suites: Sequence[Suite]) -> None:
+        """New keys and suites for exchanges that start from now on; established SAs stay up."""
+        if not suites:
+            raise ValueError("a responder needs at least one acceptable suite")
+        self._psks = psks
+        self.suites = tuple(suites)
 
     def sa(self, cookies: bytes) -> IkeSa | None:
         """The established SA with CKY-I | CKY-R = ``cookies``, if it is still up."""

@@ -3,41 +3,63 @@
 The core decides everything; this driver only moves octets and time: it
 hands each datagram to ``core.receive``, calls ``core.handle_timer`` when
 the deadline the core last returned arrives, sends what comes back and
-queues the events.  The clock is the event loop's monotonic ``time()``, so
-deadlines map directly onto ``call_at``.
+queues the events.  The clock is the event loop's monotonic ``time()``
+unless the core keeps durable times and needs the wall clock (the key
+server): deadlines are in the core's clock and armed as delays from now.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Protocol, cast
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, cast
 
-from ..ike.events import Event, Output
+from ..ike.events import Datagram
 from ..ike.sa import Address
+
+Clock = Callable[[], float]
+
+
+class CoreOutput(Protocol):
+    """What every core call returns: datagrams to send, one timer deadline, events."""
+
+    @property
+    def datagrams(self) -> Sequence[Datagram]: ...
+
+    @property
+    def timer(self) -> float | None: ...
+
+    @property
+    def events(self) -> Sequence[Any]: ...
 
 
 class Core(Protocol):
-    def receive(self, datagram: bytes, addr: Address, now: float) -> Output: ...
+    def receive(self, datagram: bytes, addr: Address, now: float) -> CoreOutput: ...
 
-    def handle_timer(self, now: float) -> Output: ...
+    def handle_timer(self, now: float) -> CoreOutput: ...
 
 
 class UdpDriver(asyncio.DatagramProtocol):
     """Runs ``core`` on one socket; read events with ``next_event``."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, clock: Clock | None = None) -> None:
         self.core = core
-        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.events: asyncio.Queue[Any] = asyncio.Queue()
         self.send_errors = 0
         self._loop = asyncio.get_running_loop()
+        self._clock = clock or self._loop.time
         self._transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     @classmethod
-    async def open(cls, core: Core, local: Address) -> UdpDriver:
-        """Bind ``local`` (port 0: any) and start feeding ``core``."""
-        _, driver = await asyncio.get_running_loop().create_datagram_endpoint(lambda: cls(core), local_addr=local)
+    async def open(
+        cls, core: Core, local: Address | None = None, *, sock: socket.socket | None = None, clock: Clock | None = None
+    ) -> UdpDriver:
+        """Bind ``local`` (port 0: any), or take the bound ``sock``, and start feeding ``core``."""
+        _, driver = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: cls(core, clock), local_addr=local, sock=sock
+        )
         return driver
 
     @property
@@ -47,13 +69,13 @@ class UdpDriver(asyncio.DatagramProtocol):
         return host, port
 
     def now(self) -> float:
-        return self._loop.time()
+        return self._clock()
 
-    def step(self, action: Callable[[float], Output]) -> None:
+    def step(self, action: Callable[[float], CoreOutput]) -> None:
         """Run one core call (``start``, ``delete``...) now and carry out its output."""
         self._apply(action(self.now()))
 
-    async def next_event(self, timeout: float) -> Event:
+    async def next_event(self, timeout: float) -> Any:
         return await asyncio.wait_for(self.events.get(), timeout)
 
     def close(self) -> None:
@@ -80,7 +102,7 @@ class UdpDriver(asyncio.DatagramProtocol):
         self._timer = None
         self.step(self.core.handle_timer)
 
-    def _apply(self, out: Output) -> None:
+    def _apply(self, out: CoreOutput) -> None:
         assert self._transport is not None
         for datagram in out.datagrams:
             self._transport.sendto(datagram.data, datagram.addr)
@@ -90,4 +112,4 @@ class UdpDriver(asyncio.DatagramProtocol):
             self._timer.cancel()
             self._timer = None
         if out.timer is not None:
-            self._timer = self._loop.call_at(out.timer, self._on_timer)
+            self._timer = self._loop.call_later(max(0.0, out.timer - self.now()), self._on_timer)
