@@ -23,6 +23,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum, auto
+from functools import cached_property
 
 from .errors import ConfigError, Problem
 
@@ -88,6 +89,12 @@ class Statement:
     def guards_secrets(self) -> bool:
         """A misspelt child here is probably the secret itself, so it is never echoed."""
         return any(child.secret for child in self.children)
+
+    @cached_property
+    def secret_keywords(self) -> frozenset[str]:
+        """Keywords of the secret leaves anywhere below."""
+        own = {child.keyword for child in self.children if child.secret}
+        return frozenset(own.union(*(child.secret_keywords for child in self.children)))
 
 
 def schema(*children: Statement) -> Statement:
@@ -214,41 +221,70 @@ class _Token:
     line: int
     column: int
     end: tuple[int, int]  # line and column just past the token
+    hidden: bool = False  # may be (part of) a secret: never shown in a message
 
 
-def _tokenize(text: str, problems: list[Problem]) -> tuple[list[_Token], bool]:
+_VALUE_REST_OF_LINE = re.compile(rf'\s*(?:"(?:[^"\\]|\\.)*"?|{_BARE_WORD})?[^\n]*', re.DOTALL)
+
+
+def _secret_spans(text: str, keywords: frozenset[str]) -> list[tuple[int, int]]:
+    """Character ranges that may hold secret values, judged from the raw text alone.
+
+    Masking by parse position fails exactly when quoting is broken (a stray
+    '"' earlier in the file turns a quoted key into bare words elsewhere),
+    so everything from a secret keyword to the end of the line where its
+    value ends counts as secret, wherever the parse puts it.
+    """
+    if not keywords:
+        return []
+    outside = r'[^\s{};\[\]"]'
+    pattern = rf"(?<!{outside})(?:{'|'.join(map(re.escape, sorted(keywords)))})(?!{outside})"
+    return [(m.end(), _VALUE_REST_OF_LINE.match(text, m.end()).end()) for m in re.finditer(pattern, text)]  # type: ignore[union-attr]
+
+
+def _shown(token: _Token) -> str:
+    return "<hidden>" if token.hidden else token.text
+
+
+def _tokenize(text: str, problems: list[Problem], secrets: frozenset[str]) -> tuple[list[_Token], bool]:
     """Tokens of the whole text, and whether it was read to the end.
 
     An unterminated string or comment swallows the rest of the input, so
-    tokenizing stops there with one problem.
+    tokenizing stops there with one problem.  Tokens overlapping a
+    possible secret (see ``_secret_spans``) are marked hidden.
     """
+    spans = _secret_spans(text, secrets)
     tokens: list[_Token] = []
     line, line_start, pos = 1, 0, 0
-    while pos < len(text):
-        column = pos - line_start + 1
-        match = _TOKEN.match(text, pos)
-        if match is None:  # only an opening quote without its closing one
-            problems.append(Problem(line, column, "unterminated quoted string"))
-            return tokens, False
-        kind, raw = match.lastgroup, match.group()
+    for match in _TOKEN.finditer(text):
+        kind, start = match.lastgroup, match.start()
+        if start != pos:  # the pattern skipped an opening quote that has no closing one
+            break
+        pos = match.end()
+        if kind == "space":
+            continue
+        column, raw = start - line_start + 1, match.group()
         if kind == "word" and raw.startswith("/*"):
             problems.append(Problem(line, column, "unterminated comment ('/*' without '*/')"))
             return tokens, False
         start_line = line
-        if "\n" in raw:
+        if kind != "word" and "\n" in raw:
             line += raw.count("\n")
-            line_start = pos + raw.rindex("\n") + 1
-        pos = match.end()
+            line_start = start + raw.rindex("\n") + 1
         end = (line, pos - line_start + 1)
-        if kind == "newline" or (kind == "comment" and line != start_line):
-            tokens.append(_Token(_Kind.END_OF_LINE, "", start_line, column, end))
-        elif kind == "string":
-            contents = _ESCAPE.sub(lambda m: m.group(1), raw[1:-1])
-            tokens.append(_Token(_Kind.STRING, contents, start_line, column, end))
+        hidden = bool(spans) and any(low < pos and start < high for low, high in spans)
+        if kind == "word":
+            tokens.append(_Token(_Kind.WORD, raw, line, column, end, hidden))
         elif kind == "punctuation":
             tokens.append(_Token(_PUNCTUATION[raw], raw, line, column, end))
-        elif kind == "word":
-            tokens.append(_Token(_Kind.WORD, raw, line, column, end))
+        elif kind == "string":
+            contents = _ESCAPE.sub(lambda m: m.group(1), raw[1:-1])
+            tokens.append(_Token(_Kind.STRING, contents, start_line, column, end, hidden))
+        elif line != start_line:  # a newline, or a comment spanning lines
+            tokens.append(_Token(_Kind.END_OF_LINE, "", start_line, column, end))
+    if pos < len(text):
+        problems.append(Problem(line, pos - line_start + 1, "unterminated quoted string"))
+        return tokens, False
     return tokens, True
 
 
@@ -281,12 +317,14 @@ class _Segment:
 
     spec: Statement
     keyword: _Token
-    values: tuple[str, ...]
+    tokens: tuple[_Token, ...]  # the value tokens
+    values: tuple[str, ...]  # their texts, without repeats
     last: _Token
 
     def describe(self) -> str:
-        shown = ["<hidden>"] * len(self.values) if self.spec.secret else map(_quote, self.values)
-        return " ".join((self.keyword.text, *shown))
+        if self.spec.secret or any(token.hidden for token in self.tokens):
+            return " ".join((_shown(self.keyword), *["<hidden>"] * len(self.tokens)))
+        return " ".join((_shown(self.keyword), *map(_quote, self.values)))
 
 
 def _describe(segments: Sequence[_Segment]) -> str:
@@ -306,9 +344,10 @@ class _Draft:
     inactive: bool = False
     children: dict[object, _Draft] = field(default_factory=dict)
 
-    @property
-    def where(self) -> str:
-        return f"under '{self.path}'" if self.path else "at top level"
+    def where(self, segments: Sequence[_Segment] = ()) -> str:
+        """Where a statement after ``segments`` is, for messages."""
+        path = _join(self.path, _describe(segments))
+        return f"under '{path}'" if path else "at top level"
 
     def freeze(self) -> Node:
         children = tuple(child.freeze() for child in self.children.values())
@@ -361,62 +400,59 @@ class _Loader:
 
         Returns the segments and the index of the first item not used: a
         statement ends after a leaf, or where a word is not a child of the
-        last statement but is a sibling at ``ctx`` (a missing ``;``).
-        Returns None after reporting a problem.
+        last statement but is a keyword of the block or of the statement
+        holding it (a missing ``;``).  Returns None after reporting a problem.
         """
-        parent, where, segments, i = ctx.spec, ctx.where, [], start
+        holder, parent, segments, i = ctx.spec, ctx.spec, [], start
         while i < len(items):
             item = items[i]
-            if segments and (not parent.children or self._sibling(item, ctx) and parent.lookup(_word(item)) is None):
+            word = _word(item)
+            if segments and (not parent.children or parent.lookup(word) is None and _follows(word, holder, ctx)):
                 break
-            spec = self._keyword(item, parent, where)
+            spec = self._keyword(item, parent, ctx, segments)
             if spec is None:
                 return None
             assert isinstance(item, _Token)
             taken = self._values(spec, item, items, i + 1, parent, optional=deactivating)
             if taken is None:
                 return None
-            values, last, i = taken
-            segments.append(_Segment(spec, item, values, last))
-            parent, where = spec, f"under '{_join(ctx.path, _describe(segments))}'"
+            tokens, last, i = taken
+            segments.append(_Segment(spec, item, tokens, tuple(dict.fromkeys(t.text for t in tokens)), last))
+            holder, parent = parent, spec
         return segments, i
 
-    @staticmethod
-    def _sibling(item: _Item, ctx: _Draft) -> bool:
-        return isinstance(item, _Token) and item.kind is _Kind.WORD and ctx.spec.is_keyword(item.text)
+    def _keyword(self, item: _Item, parent: Statement, ctx: _Draft, segments: Sequence[_Segment]) -> Statement | None:
+        """The statement ``item`` introduces under ``parent``; None after reporting why not."""
+        if isinstance(item, _Token) and item.kind is _Kind.WORD:
+            spec = parent.lookup(item.text)
+            if spec is not None:
+                return spec
+            found = f"unknown statement '{'<hidden>' if parent.guards_secrets else _shown(item)}'"
+        else:
+            found = "a quoted string instead of a statement" if isinstance(item, _Token) else "a '[' list instead of a statement"
+        self._problem(_start(item), f"{found} {ctx.where(segments)} (expected one of: {parent.expected})")
+        return None
 
-    def _keyword(self, item: _Item, parent: Statement, where: str) -> Statement | None:
-        if isinstance(item, _List):
-            self._problem(_start(item), f"expected a statement {where}, found a '[' list")
-            return None
-        if item.kind is _Kind.STRING:
-            self._problem(_start(item), f"expected a statement {where}, found a quoted string (expected one of: {parent.expected})")
-            return None
-        spec = parent.lookup(item.text)
-        if spec is None:
-            shown = "<hidden>" if parent.guards_secrets else item.text
-            self._problem(_start(item), f"unknown statement '{shown}' {where} (expected one of: {parent.expected})")
-        return spec
 
     def _values(
         self, spec: Statement, keyword: _Token, items: Sequence[_Item], i: int, parent: Statement, *, optional: bool
-    ) -> tuple[tuple[str, ...], _Token, int] | None:
-        """The values after ``keyword``: (values, last token used, next index), or None."""
+    ) -> tuple[tuple[_Token, ...], _Token, int] | None:
+        """The value tokens after ``keyword``, the last token used and the next index; or None."""
         if spec.values is Values.NONE:
             return (), keyword, i
         if i == len(items):
             if optional and not spec.named:
                 return (), keyword, i
             what = "a name" if spec.named else "a value"
-            self._problem(_start(keyword), f"'{keyword.text}' needs {what}")
+            self._problem(_start(keyword), f"'{_shown(keyword)}' needs {what}")
             return None
         item = items[i]
         if isinstance(item, _List):
             if spec.values is not Values.LIST:
-                self._problem(_start(item), f"'{keyword.text}' takes {spec.values.value}, not a list")
+                self._problem(_start(item), f"'{_shown(keyword)}' takes {spec.values.value}, not a list")
                 return None
             if not item.words:
-                self._problem(_start(item), f"empty list for '{keyword.text}'")
+                self._problem(_start(item), f"empty list for '{_shown(keyword)}'")
                 return None
             tokens, last, i = list(item.words), item.close, i + 1
         else:
@@ -429,23 +465,31 @@ class _Loader:
             if spec.choices and token.text not in spec.choices:
                 self._problem(
                     _start(token),
-                    f"invalid value '{token.text}' for '{keyword.text}' (expected one of: {', '.join(spec.choices)})",
+                    f"invalid value '{_shown(token)}' for '{_shown(keyword)}' (expected one of: {', '.join(spec.choices)})",
                 )
                 return None
-        return tuple(dict.fromkeys(token.text for token in tokens)), last, i
+        return tuple(tokens), last, i
 
     def _leftover(self, segments: list[_Segment], item: _Item, ctx: _Draft, command: str | None) -> bool:
-        """Report what follows a complete statement; True if it starts a sibling (a missing ``;``)."""
-        stated = _describe(segments)
-        if self._sibling(item, ctx):
-            if command is None:
-                self._problem(segments[-1].last.end, f"missing ';' after '{stated}'")
-            else:
-                self._problem(
-                    _start(item), f"one statement per '{command}' command: unexpected '{_word(item)}' after '{stated}'"
-                )
+        """Report what follows a complete statement; True if a ``;`` is all that is missing.
+
+        A keyword of the block after a statement is a forgotten ``;``, and
+        the rest is parsed as the next statement; a keyword of the
+        statement's own parent after a one-line nested statement, or any
+        keyword in a ``set`` command, is one statement too many.
+        """
+        stated, word = _describe(segments), _word(item)
+        shown = _shown(item) if isinstance(item, _Token) else ""
+        if command is None and ctx.spec.is_keyword(word):
+            self._problem(segments[-1].last.end, f"missing ';' after '{stated}'")
             return True
-        spec, keyword = segments[-1].spec, segments[-1].keyword.text
+        if _follows(word, segments[-2].spec if len(segments) > 1 else ctx.spec, ctx):
+            if command is None:
+                self._problem(_start(item), f"unexpected '{shown}' after '{stated}' (it needs a statement of its own)")
+            else:
+                self._problem(_start(item), f"one statement per '{command}' command: unexpected '{shown}' after '{stated}'")
+            return False
+        spec, keyword = segments[-1].spec, _shown(segments[-1].keyword)
         if spec.values is Values.LIST:
             self._problem(_start(item), f"values of '{keyword}' must be given as one list")
         else:
@@ -578,7 +622,7 @@ class _Loader:
         if terminator is None:
             self._problem(segments[-1].last.end, f"missing ';' after '{_describe(segments)}'")
         elif terminator.kind is _Kind.OPEN_BRACE and not draft.spec.children:
-            self._problem(_start(terminator), f"'{draft.keyword}' is a leaf statement and cannot open a block")
+            self._problem(_start(terminator), f"'{_shown(segments[-1].keyword)}' is a leaf statement and cannot open a block")
             return None
         return draft
 
@@ -629,7 +673,13 @@ def _start(item: _Item) -> tuple[int, int]:
 
 
 def _word(item: _Item) -> str:
+    """The text of a bare word; empty for strings and lists, which are never keywords."""
     return item.text if isinstance(item, _Token) and item.kind is _Kind.WORD else ""
+
+
+def _follows(word: str, holder: Statement, ctx: _Draft) -> bool:
+    """Whether ``word`` starts another statement of the block or of the one holding the last."""
+    return holder.is_keyword(word) or ctx.spec.is_keyword(word)
 
 
 def _more_value(item: _Item, spec: Statement, parent: Statement) -> bool:
@@ -639,8 +689,8 @@ def _more_value(item: _Item, spec: Statement, parent: Statement) -> bool:
     return item.kind is _Kind.STRING or not (spec.is_keyword(item.text) or parent.is_keyword(item.text))
 
 
-def _join(path: str, words: str) -> str:
-    return f"{path} {words}" if path else words
+def _join(*parts: str) -> str:
+    return " ".join(part for part in parts if part)
 
 
 # --------------------------------------------------------------------------
@@ -668,7 +718,7 @@ def parse_set(text: str, root: Statement, *, at: Sequence[str] = ()) -> Node:
 
 def _load(text: str, root: Statement, at: Sequence[str], *, set_form: bool | None) -> Node:
     loader = _Loader(root, at)
-    tokens, complete = _tokenize(text, loader.problems)
+    tokens, complete = _tokenize(text, loader.problems, root.secret_keywords)
     if set_form is None:
         first = next((t for t in tokens if t.kind is not _Kind.END_OF_LINE), None)
         set_form = first is not None and first.kind is _Kind.WORD and first.text in _COMMANDS
