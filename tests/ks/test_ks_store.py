@@ -292,3 +292,10 @@ def test_corrupt_file_is_refused_without_change(db_path):
     with pytest.raises(StoreError, match="not a usable key store"):
         KeyStore(db_path)
     assert _digest(db_path) == before
+
+
+def test_records_never_show_key_material(store):
+    k, t = kek(4), tek(0x400)
+    shown = repr(k) + repr(t) + str(k) + str(t)
+    for secret in (k.kek.iv, k.kek.key, t.keys.encryption, t.keys.integrity):
+        assert secret.hex() not in shown and repr(secret) not in shown
