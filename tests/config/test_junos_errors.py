@@ -96,7 +96,7 @@ security {
 }
 """,
         [
-            (6, 33, f"missing ';' after 'df-bit clear'"),
+            (6, 33, "missing ';' after 'df-bit clear'"),
             (7, 43, "missing ';' after 'match-direction output'"),
         ],
     ),
@@ -228,8 +228,7 @@ SET = [
             (
                 1,
                 57,
-                "one statement per 'set' command: unexpected 'match-direction' after "
-                f"'{VPN} df-bit clear'",
+                f"one statement per 'set' command: unexpected 'match-direction' after '{VPN} df-bit clear'",
             )
         ],
     ),

@@ -92,10 +92,10 @@ def test_mutated_configurations_only_ever_raise_config_error(data):
 SECRET = 'Zq8#Wv2 kP0x-"Jy7"'
 SECRET_BASES = [
     (FIXTURES / "member.set").read_text(),
-    'security { group-vpn { member { ike { policy ks {\n'
-    '    mode main;\n'
+    "security { group-vpn { member { ike { policy ks {\n"
+    "    mode main;\n"
     '    pre-shared-key ascii-text "Zq8#Wv2 kP0x-\\"Jy7\\""; ## SECRET-DATA\n'
-    '    proposals p1;\n'
+    "    proposals p1;\n"
     "} } } } }\n",
 ]
 assert all(SECRET.replace('"', '\\"') in base for base in SECRET_BASES)

@@ -182,8 +182,9 @@ def test_interface_names_are_keywords():
 
 
 def test_node_value_needs_exactly_one_value():
+    servers = member(f"{GATEWAY} server-address [ 198.18.1.1 198.18.1.2 ]")
     with pytest.raises(ValueError, match="has 2 values"):
-        member(f"{GATEWAY} server-address [ 198.18.1.1 198.18.1.2 ]").value
+        _ = servers.value
 
 
 def test_renderers_golden():
@@ -212,9 +213,7 @@ def test_renderers_golden():
         "}\n"
     )
     assert render_set(tree) == (
-        f"set {GATEWAY} server-address [ 198.18.1.1 198.18.1.2 ]\n"
-        f'set {VPN} description "two words"\n'
-        f"deactivate {VPN}\n"
+        f'set {GATEWAY} server-address [ 198.18.1.1 198.18.1.2 ]\nset {VPN} description "two words"\ndeactivate {VPN}\n'
     )
 
 

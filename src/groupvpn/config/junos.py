@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum, auto
 from functools import cached_property
+from typing import TypeGuard
 
 from .errors import ConfigError, Problem
 
@@ -83,6 +84,7 @@ class Statement:
 
     @property
     def expected(self) -> str:
+        """The child keywords, for messages."""
         return ", ".join(sorted(f"<{c.keyword}>" if c.wildcard else c.keyword for c in self.children))
 
     @property
@@ -239,7 +241,12 @@ def _secret_spans(text: str, keywords: frozenset[str]) -> list[tuple[int, int]]:
         return []
     outside = r'[^\s{};\[\]"]'
     pattern = rf"(?<!{outside})(?:{'|'.join(map(re.escape, sorted(keywords)))})(?!{outside})"
-    return [(m.end(), _VALUE_REST_OF_LINE.match(text, m.end()).end()) for m in re.finditer(pattern, text)]  # type: ignore[union-attr]
+    spans = []
+    for keyword in re.finditer(pattern, text):
+        value = _VALUE_REST_OF_LINE.match(text, keyword.end())
+        assert value is not None  # every part of the pattern is optional
+        spans.append((keyword.end(), value.end()))
+    return spans
 
 
 def _shown(token: _Token) -> str:
@@ -344,7 +351,7 @@ class _Draft:
     inactive: bool = False
     children: dict[object, _Draft] = field(default_factory=dict)
 
-    def where(self, segments: Sequence[_Segment] = ()) -> str:
+    def where(self, segments: Sequence[_Segment]) -> str:
         """Where a statement after ``segments`` is, for messages."""
         path = _join(self.path, _describe(segments))
         return f"under '{path}'" if path else "at top level"
@@ -368,7 +375,8 @@ class _Frame:
 
 # Junos configuration-mode commands: the first word of every `set`-form line.
 _COMMANDS = frozenset(
-    {"activate", "annotate", "copy", "deactivate", "delete", "insert", "protect", "rename", "replace", "set", "unprotect"}
+    {"activate", "annotate", "copy", "deactivate", "delete", "insert"}
+    | {"protect", "rename", "replace", "set", "unprotect"}
 )
 _ACCEPTED_COMMANDS = ("set", "deactivate")
 
@@ -403,11 +411,12 @@ class _Loader:
         last statement but is a keyword of the block or of the statement
         holding it (a missing ``;``).  Returns None after reporting a problem.
         """
-        holder, parent, segments, i = ctx.spec, ctx.spec, [], start
+        segments: list[_Segment] = []
+        holder, parent, i = ctx.spec, ctx.spec, start
         while i < len(items):
             item = items[i]
             word = _word(item)
-            if segments and (not parent.children or parent.lookup(word) is None and _follows(word, holder, ctx)):
+            if segments and (not parent.children or (parent.lookup(word) is None and _follows(word, holder, ctx))):
                 break
             spec = self._keyword(item, parent, ctx, segments)
             if spec is None:
@@ -423,16 +432,16 @@ class _Loader:
 
     def _keyword(self, item: _Item, parent: Statement, ctx: _Draft, segments: Sequence[_Segment]) -> Statement | None:
         """The statement ``item`` introduces under ``parent``; None after reporting why not."""
-        if isinstance(item, _Token) and item.kind is _Kind.WORD:
-            spec = parent.lookup(item.text)
-            if spec is not None:
-                return spec
-            found = f"unknown statement '{'<hidden>' if parent.guards_secrets else _shown(item)}'"
+        if isinstance(item, _List):
+            found = "a '[' list instead of a statement"
+        elif item.kind is _Kind.STRING:
+            found = "a quoted string instead of a statement"
+        elif (spec := parent.lookup(item.text)) is not None:
+            return spec
         else:
-            found = "a quoted string instead of a statement" if isinstance(item, _Token) else "a '[' list instead of a statement"
+            found = f"unknown statement '{'<hidden>' if parent.guards_secrets else _shown(item)}'"
         self._problem(_start(item), f"{found} {ctx.where(segments)} (expected one of: {parent.expected})")
         return None
-
 
     def _values(
         self, spec: Statement, keyword: _Token, items: Sequence[_Item], i: int, parent: Statement, *, optional: bool
@@ -457,16 +466,15 @@ class _Loader:
             tokens, last, i = list(item.words), item.close, i + 1
         else:
             tokens, i = [item], i + 1
-            while spec.values is Values.LIST and i < len(items) and _more_value(items[i], spec, parent):
-                tokens.append(items[i])  # type: ignore[arg-type]
+            while spec.values is Values.LIST and i < len(items) and _more_value(more := items[i], spec, parent):
+                tokens.append(more)
                 i += 1
             last = tokens[-1]
         for token in tokens:
             if spec.choices and token.text not in spec.choices:
-                self._problem(
-                    _start(token),
-                    f"invalid value '{_shown(token)}' for '{_shown(keyword)}' (expected one of: {', '.join(spec.choices)})",
-                )
+                choices = ", ".join(spec.choices)
+                message = f"invalid value '{_shown(token)}' for '{_shown(keyword)}' (expected one of: {choices})"
+                self._problem(_start(token), message)
                 return None
         return tuple(tokens), last, i
 
@@ -485,9 +493,10 @@ class _Loader:
             return True
         if _follows(word, segments[-2].spec if len(segments) > 1 else ctx.spec, ctx):
             if command is None:
-                self._problem(_start(item), f"unexpected '{shown}' after '{stated}' (it needs a statement of its own)")
+                message = f"unexpected '{shown}' after '{stated}' (it needs a statement of its own)"
             else:
-                self._problem(_start(item), f"one statement per '{command}' command: unexpected '{shown}' after '{stated}'")
+                message = f"one statement per '{command}' command: unexpected '{shown}' after '{stated}'"
+            self._problem(_start(item), message)
             return False
         spec, keyword = segments[-1].spec, _shown(segments[-1].keyword)
         if spec.values is Values.LIST:
@@ -526,7 +535,8 @@ class _Loader:
         for segment in segments:
             found = draft.children.get(_key(segment))
             if found is None or (segment.values and found.values != segment.values):
-                self._problem(_start(segment.keyword), f"cannot deactivate '{_describe(segments)}': it is not configured")
+                stated = _describe(segments)
+                self._problem(_start(segment.keyword), f"cannot deactivate '{stated}': it is not configured")
                 return
             draft = found
         draft.inactive = True
@@ -601,9 +611,10 @@ class _Loader:
         items = self._items(chunk)
         if items is None or frame.draft is None:
             return None
-        inactive = None
-        if isinstance(items[0], _Token) and items[0].kind is _Kind.WORD and items[0].text == "inactive:":
-            inactive = items.pop(0)
+        first, inactive = items[0], None
+        if isinstance(first, _Token) and _word(first) == "inactive:":
+            inactive = first
+            del items[0]
             if not items:
                 self._problem(_start(inactive), "'inactive:' must be followed by a statement")
                 return None
@@ -622,7 +633,8 @@ class _Loader:
         if terminator is None:
             self._problem(segments[-1].last.end, f"missing ';' after '{_describe(segments)}'")
         elif terminator.kind is _Kind.OPEN_BRACE and not draft.spec.children:
-            self._problem(_start(terminator), f"'{_shown(segments[-1].keyword)}' is a leaf statement and cannot open a block")
+            keyword = _shown(segments[-1].keyword)
+            self._problem(_start(terminator), f"'{keyword}' is a leaf statement and cannot open a block")
             return None
         return draft
 
@@ -682,7 +694,7 @@ def _follows(word: str, holder: Statement, ctx: _Draft) -> bool:
     return holder.is_keyword(word) or ctx.spec.is_keyword(word)
 
 
-def _more_value(item: _Item, spec: Statement, parent: Statement) -> bool:
+def _more_value(item: _Item, spec: Statement, parent: Statement) -> TypeGuard[_Token]:
     """Whether an unbracketed list goes on: up to a keyword that could follow it."""
     if not isinstance(item, _Token):
         return False
