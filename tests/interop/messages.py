@@ -4,11 +4,14 @@ Main Mode 1-6, the DPD R-U-THERE / R-U-THERE-ACK and the IKE SA delete come
 from the project's own sans-IO Phase 1 initiator and responder talking to
 each other in memory (real group 14 Diffie-Hellman, real key derivation,
 deterministic randomness).  GROUPKEY-PULL 1-4 under that IKE SA (Phase 2
-IV rule), the GROUPKEY-PUSH under the KEK the PULL delivered (and a clear
-copy, which tshark 4.0 can read) and the RFC 8263 acknowledgement have no
-engine yet, so they are built here from the wire codec and crypto exactly
-as RFC 6407/8263 say.  An independent decoder given only the Phase 1
-cipher key (as an operator gives Wireshark) can follow Phase 1 and the PULL.
+IV rule) are built here from the wire codec and crypto exactly as RFC 6407
+says, with fixed nonces so the capture is reproducible.  The GROUPKEY-PUSH
+under the KEK the PULL delivered comes from ``gdoi.push.build_push``; the
+member's ``PushReceiver``, holding that KEK, accepts it and produces the
+RFC 8263 acknowledgement.  A clear copy of the PUSH (same payloads, E flag
+off) is added because tshark 4.0 cannot decrypt a PUSH.  An independent
+decoder given only the Phase 1 cipher key (as an operator gives Wireshark)
+can follow Phase 1 and the PULL.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from ipaddress import IPv4Address, IPv4Network
 from tshark import Datagram
 
 from groupvpn.crypto import gdoi, ikev1
-from groupvpn.crypto.cbc import kek_cipher
 from groupvpn.crypto.sig import SigningKey, signature_scheme
+from groupvpn.gdoi import GroupPolicy
+from groupvpn.gdoi.push import PushAccepted, PushPayloads, PushReceiver, build_push
 from groupvpn.ike.initiator import Phase1Initiator
 from groupvpn.ike.proposals import Suite
 from groupvpn.ike.psk import PreSharedKey, PskStore
@@ -33,8 +37,8 @@ from groupvpn.wire import numbers as n
 from groupvpn.wire.attributes import Attribute
 from groupvpn.wire.gdoi import Gap, GroupSa, IpsecTek, KeyDownload, KeyPacket, SaKek, SaTek, SequenceNumber
 from groupvpn.wire.ident import TrafficId
-from groupvpn.wire.isakmp import Delete, Hash, Identification, KeyExchange, Nonce, Signature
-from groupvpn.wire.message import Header, Message, Payload, decode_message, encode_each, encode_payloads, first_type
+from groupvpn.wire.isakmp import Delete, Hash, Identification, KeyExchange, Nonce
+from groupvpn.wire.message import Message, Payload, decode_message, encode_each
 
 GM = "198.18.0.2"
 KS = "198.18.0.1"
@@ -176,29 +180,13 @@ class Conversation:
         return {self.ike_sa.icookie: self.ike_sa.cipher_key}
 
 
-def _clear(icookie: bytes, rcookie: bytes, exchange: int, payloads: Sequence[Payload]) -> bytes:
-    return Message.build(icookie, rcookie, exchange, payloads).encode()
-
-
-def _push(payloads: Sequence[Payload], *, encrypt: bool) -> tuple[bytes, list[Payload]]:
-    """GROUPKEY-PUSH: SIG over "rekey" | HDR as sent | payloads before SIG, then KEK-encrypted.
-
-    The signed header carries the final flags and on-wire length (digest
-    §8.10 AMBIGUOUS, its recommendation); the signature length and the zero
-    padding are fixed, so that length is known before signing.
-    """
-    icookie, rcookie = KEK_SPI[:8], KEK_SPI[8:]
-    placeholder = [*payloads, Signature(bytes((signing_key().public.key_bits + 7) // 8))]
-    plaintext = encode_payloads(placeholder)
-    body_length = len(kek_cipher(KEK.algorithm).pad(plaintext)) if encrypt else len(plaintext)
-    flags = n.Flags.ENCRYPTION if encrypt else n.Flags.NONE
-    header = Header.make(icookie, rcookie, n.ExchangeType.GROUPKEY_PUSH, first_type(payloads), body_length, flags=flags)
-    signed = header.encode() + b"".join(encode_each(placeholder)[:-1])
-    full = [*payloads, Signature(signing_key().sign(SIG_SCHEME, signed))]
-    if not encrypt:
-        return _clear(icookie, rcookie, n.ExchangeType.GROUPKEY_PUSH, full), full
-    ciphertext = KEK.encrypt(encode_payloads(full))
-    return Message.sealed(icookie, rcookie, n.ExchangeType.GROUPKEY_PUSH, first_type(full), ciphertext).encode(), full
+def _member_push_receiver() -> PushReceiver:
+    """The group member after PULL4: the KEK and signing key it delivered, SEQ 0."""
+    policy = GroupPolicy.from_wire(GROUP_ID, GroupSa(sa_kek(), gap(), teks()), pull_key_download())
+    assert policy.kek is not None and policy.kek_keys is not None
+    receiver = PushReceiver(GROUP_ID, IPv4Address(GM))
+    receiver.install(policy.kek, policy.kek_keys, seq=0)
+    return receiver
 
 
 def _main_mode(conv: Conversation, doi: n.DOI, port: int) -> tuple[Phase1Initiator, Phase1Responder]:
@@ -291,22 +279,24 @@ def conversation(
 
     # GROUPKEY-PUSH (RFC 6407 §4): replace the CBC TEK, under the KEK from PULL4, to the rekey group.
     new_tek = _tek(TEK_NEXT_SPI, n.EspTransform.AES_CBC, 128, n.AuthAlgorithm.HMAC_SHA2_256, "10.1.0.0/16", "10.2.0.0/16")
-    push = [
-        SequenceNumber(1),
-        Delete(n.DOI.GDOI, n.GdoiProtocol.IPSEC_ESP, 4, (TEK_CBC_SPI,)),
-        GroupSa(teks=(new_tek,)),
-        KeyDownload((_tek_packet(TEK_NEXT_SPI, bytes(range(200, 216)), bytes(range(216, 248))),)),
-    ]
-    for label, encrypt in (("PUSH", True), ("PUSH-CLEAR", False)):
-        wire, sent = _push(push, encrypt=encrypt)
-        conv.add(label, KS, REKEY_GROUP, n.GDOI_PORT, n.GDOI_PORT, wire, sent)
+    content = PushPayloads(
+        1,
+        deletes=(Delete(n.DOI.GDOI, n.GdoiProtocol.IPSEC_ESP, 4, (TEK_CBC_SPI,)),),
+        group_sa=GroupSa(teks=(new_tek,)),
+        key_download=KeyDownload((_tek_packet(TEK_NEXT_SPI, bytes(range(200, 216)), bytes(range(216, 248))),)),
+    )
+    push = build_push(KEK, KEK_SPI, content, signing_key(), SIG_SCHEME)
+    sealed = decode_message(push)
+    plaintext, _padding = sealed.decode_plaintext(KEK.decrypt(sealed.ciphertext))
+    conv.add("PUSH", KS, REKEY_GROUP, n.GDOI_PORT, n.GDOI_PORT, push, plaintext)
+    # The same payloads in clear for tshark (its SIG is the encrypted PUSH's, made over the E-flag header).
+    clear = Message.build(KEK_SPI[:8], KEK_SPI[8:], n.ExchangeType.GROUPKEY_PUSH, plaintext).encode()
+    conv.add("PUSH-CLEAR", KS, REKEY_GROUP, n.GDOI_PORT, n.GDOI_PORT, clear, plaintext)
 
-    # RFC 8263 acknowledgement of the encrypted PUSH: GM -> KS, ports swapped from the PUSH.
-    ack_tail = [SequenceNumber(1), Identification.of(IPv4Address(GM))]
-    ack_seq, ack_id = encode_each(ack_tail)
-    ack_key = gdoi.ack_key(ACK_TYPE, KEK.key, KEK_SPI)
-    push_ack = [Hash(gdoi.ack_hash(ACK_TYPE, ack_key, seq=ack_seq, id_=ack_id)), *ack_tail]
-    to_ks("ACK", _clear(KEK_SPI[:8], KEK_SPI[8:], n.ExchangeType.GROUPKEY_PUSH_ACK, push_ack), push_ack)
+    # The member accepts the PUSH and acknowledges it (RFC 8263): GM -> KS, ports swapped from the PUSH.
+    accepted = _member_push_receiver().receive(push, (KS, n.GDOI_PORT), NOW)
+    assert isinstance(accepted, PushAccepted) and accepted.datagram_for_ack is not None, accepted
+    to_ks("ACK", accepted.datagram_for_ack, decode_message(accepted.datagram_for_ack).payloads)
 
     (delete,) = initiator.delete(NOW).datagrams
     _informational(conv, "DELETE", GM, KS, delete.data)
