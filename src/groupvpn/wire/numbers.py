@@ -496,6 +496,63 @@ class SidKeyAttribute(IntEnum):
     SID_VALUE = 2
 
 
+class IpProtocol(IntEnum):
+    """IP protocol / IPv6 Next Header numbers the data plane handles (IANA protocol numbers registry)."""
+
+    ICMP = 1
+    IPV4 = 4  # ESP tunnel mode carrying IPv4 (RFC 4303 §2.6)
+    TCP = 6
+    UDP = 17
+    DCCP = 33
+    IPV6 = 41
+    IPV6_ROUTING = 43
+    IPV6_FRAGMENT = 44
+    ESP = 50
+    AH = 51
+    ICMPV6 = 58
+    NO_NEXT_HEADER = 59  # ESP dummy packet (RFC 4303 §2.6)
+    IPV6_DESTINATION_OPTIONS = 60
+    SCTP = 132
+    UDP_LITE = 136
+    # RFC 3692 experimentation value; the project's delay-detection timestamp
+    # shim inside the ESP payload (docs/conformance.md).
+    EXPERIMENT_253 = 253
+
+
+IPV6_HOP_BY_HOP = 0  # Next Header value only (0 is "reserved" as an IPv4 protocol)
+
+
+class Ecn(IntEnum):
+    """ECN codepoints, the two low bits of the IPv4 TOS / IPv6 Traffic Class (RFC 3168 §5)."""
+
+    NOT_ECT = 0
+    ECT_1 = 1
+    ECT_0 = 2
+    CE = 3
+
+
+class IcmpType(IntEnum):
+    """ICMPv4 types the data plane sends or must recognise (RFC 792; RFC 1122 §3.2.2)."""
+
+    ECHO_REPLY = 0
+    DESTINATION_UNREACHABLE = 3
+    SOURCE_QUENCH = 4
+    REDIRECT = 5
+    ECHO_REQUEST = 8
+    TIME_EXCEEDED = 11
+    PARAMETER_PROBLEM = 12
+
+
+ICMP_FRAGMENTATION_NEEDED = 4  # Destination Unreachable code (RFC 792; next-hop MTU RFC 1191 §4)
+
+
+class Icmpv6Type(IntEnum):
+    """ICMPv6 types (RFC 4443 §2.1): below 128 are errors."""
+
+    PACKET_TOO_BIG = 2
+    ECHO_REQUEST = 128
+
+
 def name_of(enum: type[IntEnum], value: int) -> str:
     """Registry name of ``value`` for display, or ``UNKNOWN(n)`` when unassigned."""
     member = enum._value2member_map_.get(value)
