@@ -89,12 +89,12 @@ def test_mutated_configurations_only_ever_raise_config_error(data):
         assert parse_set(render_set(tree), root) == tree
 
 
-SECRET = 'Zq8#Wv2 kP0x-"Jy7"'
+SECRET = 'Zq8#Wv2 kP0x-"Jy7"Lm4'
 SECRET_BASES = [
     (FIXTURES / "member.set").read_text(),
     "security { group-vpn { member { ike { policy ks {\n"
     "    mode main;\n"
-    '    pre-shared-key ascii-text "Zq8#Wv2 kP0x-\\"Jy7\\""; ## SECRET-DATA\n'
+    '    pre-shared-key ascii-text "Zq8#Wv2 kP0x-\\"Jy7\\"Lm4"; ## SECRET-DATA\n'
     "    proposals p1;\n"
     "} } } } }\n",
 ]

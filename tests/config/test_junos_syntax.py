@@ -241,7 +241,7 @@ def test_a_complete_key_server_configuration():
 def test_a_complete_member_configuration():
     tree = parse((FIXTURES / "member.set").read_text(), MEMBER)
     ike = tree.child("security").child("group-vpn").child("member").child("ike")
-    assert ike.child("policy", "ks").child("pre-shared-key").child("ascii-text").value == 'Zq8#Wv2 kP0x-"Jy7"'
+    assert ike.child("policy", "ks").child("pre-shared-key").child("ascii-text").value == 'Zq8#Wv2 kP0x-"Jy7"Lm4'
     assert ike.child("gateway", "ks-pair").child("server-address").values == ("198.18.0.1", "198.18.0.5")
     lan = vpn(tree.effective(), "lan")
     assert lan.child("fail-open") is None and lan.child("df-bit").value == "copy"

@@ -145,7 +145,9 @@ class Node:
 
     Equality ignores positions, so trees parsed from the two syntaxes
     compare equal.  ``line``/``column`` locate the first occurrence of the
-    statement (0 for statements given as ``at``).
+    statement (0 for statements given as ``at``); ``positions`` holds the
+    line and column of each value, so that a bad value is reported where
+    it is written.
     """
 
     keyword: str
@@ -154,6 +156,7 @@ class Node:
     inactive: bool = False
     line: int = field(default=0, compare=False)
     column: int = field(default=0, compare=False)
+    positions: tuple[tuple[int, int], ...] = field(default=(), compare=False)
 
     @property
     def value(self) -> str:
@@ -161,6 +164,12 @@ class Node:
         if len(self.values) != 1:
             raise ValueError(f"'{self.keyword}' has {len(self.values)} values, not one")
         return self.values[0]
+
+    def position(self, index: int | None = None) -> tuple[int, int]:
+        """Line and column of value ``index``, or of the statement itself."""
+        if index is not None and index < len(self.positions):
+            return self.positions[index]
+        return self.line, self.column
 
     def child(self, keyword: str, name: str | None = None) -> Node | None:
         """The child statement ``keyword`` (with that name, for named statements)."""
@@ -325,8 +334,23 @@ class _Segment:
     spec: Statement
     keyword: _Token
     tokens: tuple[_Token, ...]  # the value tokens
-    values: tuple[str, ...]  # their texts, without repeats
     last: _Token
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        """The value texts, without repeats."""
+        return tuple(self._first_tokens)
+
+    @property
+    def positions(self) -> tuple[tuple[int, int], ...]:
+        return tuple((token.line, token.column) for token in self._first_tokens.values())
+
+    @property
+    def _first_tokens(self) -> dict[str, _Token]:
+        first: dict[str, _Token] = {}
+        for token in self.tokens:
+            first.setdefault(token.text, token)
+        return first
 
     def describe(self) -> str:
         if self.spec.secret or any(token.hidden for token in self.tokens):
@@ -348,6 +372,7 @@ class _Draft:
     line: int
     column: int
     path: str  # for messages: "security group-vpn member ike proposal p1"
+    positions: tuple[tuple[int, int], ...] = ()
     inactive: bool = False
     children: dict[object, _Draft] = field(default_factory=dict)
 
@@ -358,7 +383,7 @@ class _Draft:
 
     def freeze(self) -> Node:
         children = tuple(child.freeze() for child in self.children.values())
-        return Node(self.keyword, self.values, children, self.inactive, self.line, self.column)
+        return Node(self.keyword, self.values, children, self.inactive, self.line, self.column, self.positions)
 
 
 def _key(segment: _Segment) -> object:
@@ -426,7 +451,7 @@ class _Loader:
             if taken is None:
                 return None
             tokens, last, i = taken
-            segments.append(_Segment(spec, item, tokens, tuple(dict.fromkeys(t.text for t in tokens)), last))
+            segments.append(_Segment(spec, item, tokens, last))
             holder, parent = parent, spec
         return segments, i
 
@@ -522,12 +547,15 @@ class _Loader:
         if draft is None:
             token = segment.keyword
             path = _join(parent.path, segment.describe())
-            draft = _Draft(segment.spec, token.text, segment.values, token.line, token.column, path)
+            draft = _Draft(segment.spec, token.text, segment.values, token.line, token.column, path, segment.positions)
             parent.children[key] = draft
         elif segment.spec.values is Values.LIST:
-            draft.values += tuple(v for v in segment.values if v not in draft.values)
+            for value, position in zip(segment.values, segment.positions):
+                if value not in draft.values:
+                    draft.values += (value,)
+                    draft.positions += (position,)
         else:
-            draft.values = segment.values
+            draft.values, draft.positions = segment.values, segment.positions
         return draft
 
     def _deactivate(self, ctx: _Draft, segments: Sequence[_Segment]) -> None:

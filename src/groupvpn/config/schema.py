@@ -3,27 +3,58 @@
 ``MEMBER`` follows the MX Group VPNv2 member (``security group-vpn
 member``, plus the ``services service-set`` and ``interfaces ... family
 inet service`` statements that attach it to traffic); ``SERVER`` follows
-the SRX group VPN key server (``security group-vpn server``).  Project
-extensions over Junos: ``action permit|deny`` in a server ``match-policy``
-(GDOI can carry deny policies, RFC 6407 §5.5.1), a group's
-``deactivation-time-delay`` (the GAP DTD next to SRX's ATD) and ``sha-512``
-among the KEK signature hashes.  Choices are the Junos spellings; mapping them to
-registry numbers and checking numbers, addresses and references between
-statements is the typed model's job.
+the SRX group VPN key server (``security group-vpn server``).  Choices
+are the Junos spellings; mapping them to registry numbers and checking
+numbers, addresses and references between statements is the typed
+model's job (``model.py``, which also states the defaults).
+
+Project extensions, for what a Junos device configures elsewhere or not at all:
+
+* member ``ike gateway NAME server-port PORT``: the key servers' GDOI port (848).
+* server ``listen-address ADDRESS [routing-instance NAME]`` and ``port
+  PORT``: the one address and UDP port the key server answers on, which
+  is also its Phase 1 identity (default: the groups' ``server-address``,
+  port 848).
+* server ``state-file PATH``: the key store (keys, SPIs, sequence numbers, members).
+* server ``ike gateway NAME any-address``: the gateway's pre-shared key is
+  the group-wide key, admitting members from any address not listed in
+  another gateway (instead of an ``address`` list).
+* group ``rekey-percentage N``: new keys are pushed when N % of a key's
+  lifetime remains (SRX: fixed 10 %).
+* group ``deactivation-time-delay`` (the GAP DTD next to SRX's ATD) and
+  ``action permit|deny`` in a ``match-policy`` (deny entries, RFC 6407 §5.5.1).
+* ``server-member-communication``: ``sha-512`` among the signature hashes,
+  ``signing-key PATH`` (a PEM private key; generated and kept in the state
+  file when absent), ``multicast-group ADDRESS`` and ``multicast-port PORT``
+  for ``communication-type multicast``, and ``ack-request rfc8263|legacy|none``
+  (RFC 8263 KEK_ACK_REQUESTED, in its registered or pre-RFC class, or none).
 """
 
 from __future__ import annotations
 
 from .junos import Statement, container, flag, leaf, leaf_list, named, schema, wildcard
-
-_CBC = ("3des-cbc", "aes-128-cbc", "aes-192-cbc", "aes-256-cbc")
+from .values import (
+    ACTIONS,
+    DH_GROUPS,
+    ESP_CIPHERS,
+    ESP_INTEGRITY,
+    IKE_CIPHERS,
+    IKE_HASHES,
+    KEK_CIPHERS,
+    SIG_HASHES,
+    AckMode,
+    CommunicationType,
+    DfBit,
+    Direction,
+    choices,
+)
 
 IKE_PROPOSAL = named(
     "proposal",
     leaf("authentication-method", "pre-shared-keys"),
-    leaf("authentication-algorithm", "md5", "sha1", "sha-256", "sha-384"),
-    leaf("dh-group", "group1", "group2", "group5", "group14", "group15", "group16", "group19", "group20", "group21"),
-    leaf("encryption-algorithm", "des-cbc", *_CBC),
+    leaf("authentication-algorithm", *IKE_HASHES),
+    leaf("dh-group", *DH_GROUPS),
+    leaf("encryption-algorithm", *IKE_CIPHERS),
     leaf("lifetime-seconds"),
     leaf("description"),
 )
@@ -38,132 +69,119 @@ IKE_POLICY = named(
 
 LOCAL_ADDRESS = leaf("local-address", options=(leaf("routing-instance"),))
 
-MEMBER: Statement = schema(
+MEMBER_BLOCK = container(
+    "member",
     container(
-        "security",
-        container(
-            "group-vpn",
-            container(
-                "member",
-                container(
-                    "ike",
-                    IKE_PROPOSAL,
-                    IKE_POLICY,
-                    named("gateway", leaf("ike-policy"), leaf_list("server-address"), LOCAL_ADDRESS),
-                ),
-                container(
-                    "ipsec",
-                    named(
-                        "vpn",
-                        leaf("ike-gateway"),
-                        leaf("group"),
-                        leaf("match-direction", "input", "output"),
-                        leaf("df-bit", "clear", "set", "copy"),
-                        container("fail-open", named("rule", leaf("source-address"), leaf("destination-address"))),
-                        leaf("description"),
-                    ),
-                ),
-            ),
+        "ike",
+        IKE_PROPOSAL,
+        IKE_POLICY,
+        named("gateway", leaf("ike-policy"), leaf_list("server-address"), leaf("server-port"), LOCAL_ADDRESS),
+    ),
+    container(
+        "ipsec",
+        named(
+            "vpn",
+            leaf("ike-gateway"),
+            leaf("group"),
+            leaf("match-direction", *choices(Direction)),
+            leaf("df-bit", *choices(DfBit)),
+            container("fail-open", named("rule", leaf("source-address"), leaf("destination-address"))),
+            leaf("description"),
         ),
     ),
-    container(
-        "services",
-        named("service-set", container("interface-service", leaf("service-interface")), leaf("ipsec-group-vpn")),
-    ),
-    container(
-        "interfaces",
-        wildcard(
-            "interface-name",
+)
+
+SERVICES = container(
+    "services",
+    named("service-set", container("interface-service", leaf("service-interface")), leaf_list("ipsec-group-vpn")),
+)
+
+INTERFACES = container(
+    "interfaces",
+    wildcard(
+        "interface-name",
+        named(
+            "unit",
             named(
-                "unit",
-                named(
-                    "family",
-                    container(
-                        "service",
-                        *(container(way, named("service-set", leaf("service-filter"))) for way in ("input", "output")),
-                    ),
-                    named("address"),
-                    choices=("inet",),
+                "family",
+                container(
+                    "service",
+                    *(container(way, named("service-set", leaf("service-filter"))) for way in choices(Direction)),
                 ),
+                named("address"),
+                choices=("inet",),
             ),
         ),
     ),
 )
 
-SERVER: Statement = schema(
+SERVER_BLOCK = container(
+    "server",
+    leaf("listen-address", options=(leaf("routing-instance"),)),
+    leaf("port"),
+    leaf("state-file"),
     container(
-        "security",
+        "ike",
+        IKE_PROPOSAL,
+        IKE_POLICY,
+        named("gateway", leaf("ike-policy"), leaf_list("address"), flag("any-address"), LOCAL_ADDRESS),
+    ),
+    container(
+        "ipsec",
+        named(
+            "proposal",
+            leaf("authentication-algorithm", *ESP_INTEGRITY),
+            leaf("encryption-algorithm", *ESP_CIPHERS),
+            leaf("lifetime-seconds"),
+            leaf("description"),
+        ),
+    ),
+    named(
+        "group",
+        leaf("group-id"),
+        leaf("description"),
+        leaf_list("ike-gateway"),
+        leaf("server-address"),
+        leaf("rekey-percentage"),
+        leaf("activation-time-delay"),
+        leaf("deactivation-time-delay"),
+        leaf("anti-replay-time-window"),
+        flag("no-anti-replay"),
         container(
-            "group-vpn",
-            container(
-                "server",
-                container(
-                    "ike",
-                    IKE_PROPOSAL,
-                    IKE_POLICY,
-                    named("gateway", leaf("ike-policy"), leaf_list("address"), LOCAL_ADDRESS),
-                ),
-                container(
-                    "ipsec",
-                    named(
-                        "proposal",
-                        leaf(
-                            "authentication-algorithm",
-                            "hmac-md5-96",
-                            "hmac-sha1-96",
-                            "hmac-sha-256-128",
-                            "hmac-sha-384-192",
-                            "hmac-sha-512-256",
-                        ),
-                        leaf(
-                            "encryption-algorithm",
-                            "des-cbc",
-                            *_CBC,
-                            "aes-128-gcm",
-                            "aes-192-gcm",
-                            "aes-256-gcm",
-                        ),
-                        leaf("lifetime-seconds"),
-                        leaf("description"),
-                    ),
-                ),
-                named(
-                    "group",
-                    leaf("group-id"),
-                    leaf("description"),
-                    leaf_list("ike-gateway"),
-                    leaf("server-address"),
-                    leaf("member-threshold"),
-                    leaf("activation-time-delay"),
-                    leaf("deactivation-time-delay"),
-                    leaf("anti-replay-time-window"),
-                    flag("no-anti-replay"),
-                    container(
-                        "server-member-communication",
-                        leaf("communication-type", "unicast", "multicast"),
-                        leaf("encryption-algorithm", *_CBC),
-                        leaf("lifetime-seconds"),
-                        leaf("sig-hash-algorithm", "sha1", "sha-256", "sha-384", "sha-512"),
-                        leaf("retransmission-period"),
-                        leaf("number-of-retransmission"),
-                        leaf("certificate"),
-                        leaf("heartbeat"),
-                    ),
-                    named(
-                        "ipsec-sa",
-                        leaf("proposal"),
-                        named(
-                            "match-policy",
-                            leaf("source"),
-                            leaf("destination"),
-                            leaf("source-port"),
-                            leaf("destination-port"),
-                            leaf("protocol"),
-                            leaf("action", "permit", "deny"),
-                        ),
-                    ),
-                ),
+            "server-member-communication",
+            leaf("communication-type", *choices(CommunicationType)),
+            leaf("encryption-algorithm", *KEK_CIPHERS),
+            leaf("lifetime-seconds"),
+            leaf("sig-hash-algorithm", *SIG_HASHES),
+            leaf("retransmission-period"),
+            leaf("number-of-retransmission"),
+            leaf("signing-key"),
+            leaf("multicast-group"),
+            leaf("multicast-port"),
+            leaf("ack-request", *choices(AckMode)),
+        ),
+        named(
+            "ipsec-sa",
+            leaf("proposal"),
+            named(
+                "match-policy",
+                leaf("source"),
+                leaf("destination"),
+                leaf("source-port"),
+                leaf("destination-port"),
+                leaf("protocol"),
+                leaf("action", *ACTIONS),
             ),
         ),
     ),
 )
+
+
+def _group_vpn(*blocks: Statement) -> Statement:
+    return container("security", container("group-vpn", *blocks))
+
+
+MEMBER: Statement = schema(_group_vpn(MEMBER_BLOCK), SERVICES, INTERFACES)
+SERVER: Statement = schema(_group_vpn(SERVER_BLOCK))
+# Both daemons' statements: a file is read with this only to tell which daemon it configures.
+EITHER: Statement = schema(_group_vpn(MEMBER_BLOCK, SERVER_BLOCK), SERVICES, INTERFACES)
