@@ -86,7 +86,7 @@ def gateway(
 def vpn(
     name: str = "lan", group_id: int = 1, gw: GatewaySettings | None = None, interface: str = "eth1"
 ) -> VpnSettings:
-    return VpnSettings(name, group_id, gw or gateway(), interface)
+    return VpnSettings(name, group_id, gw or gateway(), frozenset({interface}))
 
 
 Server = KeyServer | RogueServer

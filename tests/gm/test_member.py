@@ -34,6 +34,7 @@ from groupvpn.gm.member import (
     SaExpired,
     SasCleared,
     ServerSwitched,
+    VpnSettings,
     check_vpns,
 )
 from groupvpn.gm.sadb import SaDatabase
@@ -369,3 +370,19 @@ def test_gateway_settings_are_checked():
         gateway((KS1, KS1))
     with pytest.raises(ValueError, match="no IKE proposal"):
         GatewaySettings("gw", (KS1[0],), GM, GM_KEY, ())
+
+
+def test_a_vpn_applied_to_two_interfaces_registers_while_either_is_up(store):
+    lab = Lab.make([VpnSettings("lan", 1, gateway(), frozenset({"eth1", "eth2"}))], {KS1: key_server(store)})
+    lab.link(True, interface="eth2")
+    lab.link(True)
+    lab.link(False)
+    assert lab.state() == "REGISTERED" and len(lab.of(Registered)) == 1
+    lab.link(False, interface="eth2")
+    assert lab.state() == "DOWN" and lab.of(SasCleared)[0].reason == "interface eth2 down"
+
+
+def test_a_vpn_applied_to_no_interface_never_registers():
+    lab = Lab.make([VpnSettings("lan", 1, gateway(), frozenset())], {})
+    lab.link(True)
+    assert lab.state() == "DOWN" and lab.sent == []

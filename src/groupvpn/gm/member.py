@@ -94,12 +94,15 @@ class GatewaySettings:
 
 @dataclass(frozen=True)
 class VpnSettings:
-    """A group VPN: the group, its gateway and the interface its service set is applied to."""
+    """A group VPN: the group, its gateway and the interfaces its service set is applied to.
+
+    It registers while one of ``interfaces`` is up; with none it never does.
+    """
 
     name: str
     group_id: int
     gateway: GatewaySettings
-    interface: str
+    interfaces: frozenset[str]
 
     def __post_init__(self) -> None:
         if not 0 <= self.group_id <= 0xFFFFFFFF:
@@ -433,13 +436,16 @@ class Member:
         if self._links.get(interface) != up:
             self._links[interface] = up
             for registration in self._vpns.values():
-                if registration.settings.interface != interface:
+                if interface not in registration.settings.interfaces:
                     continue
-                if up and registration.state is VpnState.DOWN:
+                if self._up(registration.settings) and registration.state is VpnState.DOWN:
                     self._start(out, registration, now)
-                elif not up and registration.state is not VpnState.DOWN:
+                elif not self._up(registration.settings) and registration.state is not VpnState.DOWN:
                     self._stop(out, registration, f"interface {interface} down")
         return self._output(out)
+
+    def _up(self, settings: VpnSettings) -> bool:
+        return any(self._links.get(name, False) for name in settings.interfaces)
 
     def clear(self, now: float, group_id: int | None = None) -> MemberOutput:
         """Delete the SAs of every registered or registering VPN (or of ``group_id``'s) and register again."""
@@ -480,7 +486,7 @@ class Member:
         for settings in vpns:
             if settings.name not in self._vpns:
                 registration = self._vpns[settings.name] = Registration(settings)
-                if self._links.get(settings.interface):
+                if self._up(settings):
                     self._start(out, registration, now)
         return self._output(out)
 
