@@ -88,9 +88,7 @@ def test_ipv4_header_round_trip_with_options_and_checksum() -> None:
 
 
 def test_ipv4_header_fields_and_fragment_flags() -> None:
-    header = IPv4Header(
-        IPv4Address("192.0.2.1"), IPv4Address("192.0.2.2"), 50, 1500, flags=0b011, fragment_offset=1480
-    )
+    header = IPv4Header(IPv4Address("192.0.2.1"), IPv4Address("192.0.2.2"), 50, 1500, flags=0b011, fragment_offset=1480)
     encoded = header.encode()
     assert encoded[6:8] == (0x2000 | 0x4000 | 185).to_bytes(2, "big")
     decoded = IPv4Header.decode(encoded)
@@ -114,7 +112,9 @@ def test_ipv4_decode_errors(mutate, problem: str) -> None:
 
 
 def test_ipv4_option_without_valid_length_is_an_error() -> None:
-    header = bytearray(IPv4Header(IPv4Address("192.0.2.1"), IPv4Address("192.0.2.2"), 17, 24, options=b"\x07\x09\x00\x00").encode())
+    header = bytearray(
+        IPv4Header(IPv4Address("192.0.2.1"), IPv4Address("192.0.2.2"), 17, 24, options=b"\x07\x09\x00\x00").encode()
+    )
     with pytest.raises(WireError, match="option 7 has no valid length"):
         IPv4Header.decode(bytes(header))
 
@@ -125,7 +125,13 @@ def test_option_units_stop_at_end_of_list() -> None:
 
 def test_ipv6_header_and_fragment_round_trip() -> None:
     header = IPv6Header(
-        IPv6Address("2001:db8::1"), IPv6Address("ff0e::1:3"), 59, 1240, traffic_class=0xB9, flow_label=0xABCDE, hop_limit=7
+        IPv6Address("2001:db8::1"),
+        IPv6Address("ff0e::1:3"),
+        59,
+        1240,
+        traffic_class=0xB9,
+        flow_label=0xABCDE,
+        hop_limit=7,
     )
     encoded = header.encode()
     parsed = dpkt.ip6.IP6(encoded + bytes(1240))
@@ -215,7 +221,14 @@ def test_icmp_fragmentation_needed() -> None:
 
 def test_icmpv6_packet_too_big() -> None:
     original = bytes(
-        dpkt.ip6.IP6(src=IPv6Address("2001:db8::5").packed, dst=IPv6Address("2001:db8::6").packed, nxt=59, hlim=9, plen=1400, data=bytes(1400))
+        dpkt.ip6.IP6(
+            src=IPv6Address("2001:db8::5").packed,
+            dst=IPv6Address("2001:db8::6").packed,
+            nxt=59,
+            hlim=9,
+            plen=1400,
+            data=bytes(1400),
+        )
     )
     source = IPv6Address("2001:db8::1")
     icmp = icmpv6_packet_too_big(original, 1362, source)
@@ -252,7 +265,9 @@ def test_icmp_error_allowed_ipv4(packet: bytes, allowed: bool) -> None:
 
 
 def _ip6(nxt: int, src: str = "2001:db8::5", dst: str = "2001:db8::6", data: bytes = bytes(8)) -> bytes:
-    return bytes(dpkt.ip6.IP6(src=IPv6Address(src).packed, dst=IPv6Address(dst).packed, nxt=nxt, plen=len(data), data=data))
+    return bytes(
+        dpkt.ip6.IP6(src=IPv6Address(src).packed, dst=IPv6Address(dst).packed, nxt=nxt, plen=len(data), data=data)
+    )
 
 
 @pytest.mark.parametrize(

@@ -259,9 +259,7 @@ class IPv6Fragment:
             raise ValueError(f"fragment offset {self.fragment_offset} is not a multiple of 8 below 65536")
 
     def encode(self) -> bytes:
-        return IPV6_FRAGMENT.pack(
-            self.next_header, 0, self.fragment_offset | self.more_fragments, self.identification
-        )
+        return IPV6_FRAGMENT.pack(self.next_header, 0, self.fragment_offset | self.more_fragments, self.identification)
 
     @classmethod
     def decode(cls, buf: bytes | bytearray | memoryview, offset: int = 0) -> IPv6Fragment:
@@ -324,9 +322,11 @@ def fragment_ipv4(packet: bytes, max_size: int) -> list[bytes]:
             raise ValueError(f"{max_size} octets cannot hold an IPv4 fragment with {len(options)} option octets")
         chunk = data[pos : pos + room]
         more = FLAG_MF if pos + len(chunk) < len(data) else 0
-        frag = (header.flags << 13 | more | (header.fragment_offset + pos) // 8)
+        frag = header.flags << 13 | more | (header.fragment_offset + pos) // 8
         total = IPV4_MIN_HEADER + len(options) + len(chunk)
-        head = _pack_ipv4(header.tos, total, header.identification, frag, header.ttl, header.protocol, src, dst, options)
+        head = _pack_ipv4(
+            header.tos, total, header.identification, frag, header.ttl, header.protocol, src, dst, options
+        )
         fragments.append(head + chunk)
         pos += len(chunk)
         options = later_options
@@ -336,9 +336,7 @@ def fragment_ipv4(packet: bytes, max_size: int) -> list[bytes]:
 def _copied_options(options: bytes) -> bytes:
     """The options a non-first fragment carries, padded with End of Option List to 4 octets."""
     kept = b"".join(
-        options[start : start + size]
-        for start, size in option_units(options)
-        if options[start] & _OPTION_COPIED
+        options[start : start + size] for start, size in option_units(options) if options[start] & _OPTION_COPIED
     )
     return kept + bytes(-len(kept) % 4)
 
@@ -372,10 +370,7 @@ def icmp_error_allowed(packet: bytes | bytearray | memoryview) -> bool:
     return True
 
 
-
-def icmp_fragmentation_needed(
-    packet: bytes, next_hop_mtu: int, source: IPv4Address, identification: int = 0
-) -> bytes:
+def icmp_fragmentation_needed(packet: bytes, next_hop_mtu: int, source: IPv4Address, identification: int = 0) -> bytes:
     """ICMP Destination Unreachable, Fragmentation Needed and DF Set, for ``packet``'s sender.
 
     Carries the next-hop MTU (RFC 1191 §4) and as much of ``packet`` as
@@ -383,8 +378,7 @@ def icmp_fragmentation_needed(
     """
     quote = packet[: ICMP_QUOTE_LIMIT - IPV4_MIN_HEADER - _ICMP_HEADER.size]
     message = bytearray(
-        _ICMP_HEADER.pack(IcmpType.DESTINATION_UNREACHABLE, ICMP_FRAGMENTATION_NEEDED, 0, 0, next_hop_mtu)
-        + quote
+        _ICMP_HEADER.pack(IcmpType.DESTINATION_UNREACHABLE, ICMP_FRAGMENTATION_NEEDED, 0, 0, next_hop_mtu) + quote
     )
     struct.pack_into("!H", message, 2, checksum(message))
     header = IPv4Header(
@@ -405,7 +399,5 @@ def icmpv6_packet_too_big(packet: bytes, mtu: int, source: IPv6Address) -> bytes
     message = bytearray(_ICMPV6_HEADER.pack(Icmpv6Type.PACKET_TOO_BIG, 0, 0, mtu) + quote)
     pseudo = pseudo_header_v6(source.packed, dst, len(message), IpProtocol.ICMPV6)
     struct.pack_into("!H", message, 2, checksum(pseudo + message))
-    header = IPv6Header(
-        src=source, dst=IPv6Address(dst), next_header=IpProtocol.ICMPV6, payload_length=len(message)
-    )
+    header = IPv6Header(src=source, dst=IPv6Address(dst), next_header=IpProtocol.ICMPV6, payload_length=len(message))
     return header.encode() + message
