@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__
-from .ops import decode, ike, lab, show
+from .ops import decode, ike, ks, lab, show
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -19,6 +19,7 @@ Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], No
 COMMANDS: tuple[Registrar, ...] = (
     decode.register,
     ike.register,
+    ks.register,
     lab.register,
     show.register,
 )
