@@ -320,7 +320,7 @@ class KeyServer:
         self._finished_pull_stats: collections.Counter[str] = collections.Counter()
         self._directory = _Directory(self)
         self.settings = settings
-        self.groups = self._groups(settings, now)
+        self.groups = self._groups(settings, now, {})
         self.phase1 = Phase1Responder(
             settings.psks(),
             settings.suites,
@@ -330,13 +330,12 @@ class KeyServer:
         )
         self._buckets = TokenBuckets(settings.pull_limits.rate, settings.pull_limits.burst)
 
-    def _groups(self, settings: ServerSettings, now: float) -> dict[int, Group]:
+    def _groups(self, settings: ServerSettings, now: float, old: dict[int, Group]) -> dict[int, Group]:
         """A ``Group`` per configured group, keeping the counters of groups served before.
 
         Every policy is built once here, so keys exist (loaded or generated)
         and a group whose policy members would refuse fails now.
         """
-        old: dict[int, Group] = getattr(self, "groups", {})
         groups = {}
         for config in settings.groups:
             previous = old.get(config.group_id)
@@ -352,7 +351,7 @@ class KeyServer:
 
         Keys of a changed SA keep their algorithms until they are replaced.
         """
-        groups = self._groups(settings, now)
+        groups = self._groups(settings, now, self.groups)
         self.settings, self.groups = settings, groups
         self.phase1.configure(settings.psks(), settings.suites)
         self._buckets = TokenBuckets(settings.pull_limits.rate, settings.pull_limits.burst)
