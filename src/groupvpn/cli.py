@@ -11,12 +11,13 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__
-from .ops import decode, ike, ks, lab, show
+from .ops import config, decode, ike, ks, lab, show
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 # One line per command module; keep sorted by command name.
 COMMANDS: tuple[Registrar, ...] = (
+    config.register,
     decode.register,
     ike.register,
     ks.register,

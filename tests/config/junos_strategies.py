@@ -1,4 +1,4 @@
-"""Hypothesis strategies: random configuration trees that a schema admits.
+"""Hypothesis strategies: random configuration trees that a schema admits, and edits of texts.
 
 Values are arbitrary text (spaces, quotes, backslashes, braces, comment
 starters, newlines, non-ASCII) so that the renderers' quoting is exercised
@@ -7,6 +7,8 @@ requires of a keyword.
 """
 
 from __future__ import annotations
+
+import re
 
 from hypothesis import strategies as st
 
@@ -68,3 +70,29 @@ def _children(spec: Statement) -> st.SearchStrategy[tuple[Node, ...]]:
 def trees(root: Statement) -> st.SearchStrategy[Node]:
     """Whole configurations under ``root``, every statement possibly inactive."""
     return _children(root).map(lambda children: Node("", (), children))
+
+
+SNIPPETS = st.sampled_from(
+    ["{", "}", ";", "[", "]", '"', "\\", "#", "/*", "*/", "\n", "\r\n", "\t", " ", "inactive: ", "set ", "delete ", "x"]
+) | st.text(max_size=3)
+
+
+@st.composite
+def mutation(draw: st.DrawFn, text: str, moves: bool = True) -> str:
+    """One edit: delete or insert characters, or delete, repeat or (if ``moves``) move a word."""
+    at = draw(st.integers(0, len(text)))
+    words = [m.span() for m in re.finditer(r"\S+", text)]
+    kind = draw(st.sampled_from(["delete", "insert", "word"] if words else ["delete", "insert"]))
+    if kind == "delete":
+        return text[:at] + text[at + draw(st.integers(1, 6)) :]
+    if kind == "insert":
+        return text[:at] + draw(SNIPPETS) + text[at:]
+    start, end = draw(st.sampled_from(words))
+    word, rest = text[start:end], text[:start] + text[end:]
+    action = draw(st.sampled_from(["delete", "repeat", "move"] if moves else ["delete", "repeat"]))
+    if action == "delete":
+        return rest
+    if action == "repeat":
+        return text[:end] + " " + word + text[end:]
+    to = draw(st.integers(0, len(rest)))
+    return rest[:to] + " " + word + " " + rest[to:]

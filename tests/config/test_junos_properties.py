@@ -1,12 +1,11 @@
 """Generated trees survive both syntaxes; mangled texts only ever yield ConfigError."""
 
-import re
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from junos_strategies import trees
+from junos_strategies import mutation, trees
 
 from groupvpn.config.errors import ConfigError
 from groupvpn.config.junos import parse, parse_curly, parse_set, render_curly, render_set
@@ -39,32 +38,6 @@ def _base(path: Path) -> tuple[str, object, tuple[str, ...]]:
 
 
 BASES = [_base(path) for path in sorted(FIXTURES.rglob("*.*")) if path.suffix in (".conf", ".set")]
-SNIPPETS = st.sampled_from(
-    ["{", "}", ";", "[", "]", '"', "\\", "#", "/*", "*/", "\n", "\r\n", "\t", " ", "inactive: ", "set ", "delete ", "x"]
-) | st.text(max_size=3)
-
-
-@st.composite
-def mutation(draw: st.DrawFn, text: str, moves: bool = True) -> str:
-    """One edit: delete or insert characters, or delete, repeat or (if ``moves``) move a word."""
-    at = draw(st.integers(0, len(text)))
-    words = [m.span() for m in re.finditer(r"\S+", text)]
-    kind = draw(st.sampled_from(["delete", "insert", "word"] if words else ["delete", "insert"]))
-    if kind == "delete":
-        return text[:at] + text[at + draw(st.integers(1, 6)) :]
-    if kind == "insert":
-        return text[:at] + draw(SNIPPETS) + text[at:]
-    start, end = draw(st.sampled_from(words))
-    word, rest = text[start:end], text[:start] + text[end:]
-    action = draw(st.sampled_from(["delete", "repeat", "move"] if moves else ["delete", "repeat"]))
-    if action == "delete":
-        return rest
-    if action == "repeat":
-        return text[:end] + " " + word + text[end:]
-    to = draw(st.integers(0, len(rest)))
-    return rest[:to] + " " + word + " " + rest[to:]
-
-
 def _check_problems(error: ConfigError, text: str) -> None:
     lines = text.split("\n")
     assert list(error.problems) == sorted(error.problems)

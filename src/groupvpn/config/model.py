@@ -355,7 +355,9 @@ def detect_role(text: str) -> Role:
         message = "both 'group-vpn server' and 'group-vpn member' are configured; a file configures one daemon"
         raise ConfigError([Problem(*later.position(), message)])
     if server is None and member is None:
-        raise ConfigError([Problem(1, 1, "neither 'security group-vpn server' nor 'security group-vpn member' is configured")])
+        raise ConfigError(
+            [Problem(1, 1, "neither 'security group-vpn server' nor 'security group-vpn member' is configured")]
+        )
     return Role.SERVER if server is not None else Role.MEMBER
 
 
@@ -455,15 +457,19 @@ def _ike_proposal(checker: _Checker, node: Node) -> IkeProposal | None:
     if cipher is None or hash_ is None or group is None:
         return None
     encryption, key_length = IKE_CIPHERS[cipher.value]
-    return IkeProposal(node.value, Suite(encryption, key_length, IKE_HASHES[hash_.value], DH_GROUPS[group.value], lifetime))
+    return IkeProposal(
+        node.value, Suite(encryption, key_length, IKE_HASHES[hash_.value], DH_GROUPS[group.value], lifetime)
+    )
 
 
 def _ike_policy(checker: _Checker, node: Node, proposals: Mapping[str, IkeProposal | None]) -> IkePolicy | None:
     label = f"ike policy {node.value}"
     mark = checker.mark()
     listed = checker.required(node, "proposals", label)
-    chosen = () if listed is None else tuple(
-        checker.reference(listed, i, proposals, "ike proposal") for i in range(len(listed.values))
+    chosen = (
+        ()
+        if listed is None
+        else tuple(checker.reference(listed, i, proposals, "ike proposal") for i in range(len(listed.values)))
     )
     key = checker.required(node, "pre-shared-key", label)
     psk = None if key is None else _pre_shared_key(checker, key, node.value)
@@ -516,7 +522,9 @@ def _local_address(checker: _Checker, node: Node) -> tuple[Address | None, str |
     return checker.parse(node, address), checker.optional(node, "routing-instance", instance_name)
 
 
-def _same_version(checker: _Checker, node: Node, index: int, value: Address | Prefix, other: Address | Prefix, what: str) -> None:
+def _same_version(
+    checker: _Checker, node: Node, index: int, value: Address | Prefix, other: Address | Prefix, what: str
+) -> None:
     if value.version != other.version:
         checker.report(node, f"'{node.values[index]}' is IPv{value.version} but {what} is IPv{other.version}", index)
 
@@ -529,17 +537,15 @@ def _member(checker: _Checker, tree: Node) -> MemberConfig | None:
     assert member is not None, "parsed with the member schema, which has it"
     policies = _ike(checker, member.child("ike"))
     gateways = _named(checker, member.child("ike"), "gateway", lambda c, node: _member_gateway(c, node, policies))
-    vpn_nodes = _descend(member, "ipsec")
-    if vpn_nodes is None or not vpn_nodes.children_named("vpn"):
+    ipsec = member.child("ipsec")
+    vpn_nodes = () if ipsec is None else ipsec.children_named("vpn")
+    if not vpn_nodes:
         checker.report(member, "no group VPN configured (security group-vpn member ipsec vpn NAME)")
-        return None
     units = _interfaces(checker, tree.child("interfaces"))
     service_sets = _service_sets(checker, tree.child("services"), vpn_nodes, units)
     by_vpn = {service_set.vpn: service_set for service_set in service_sets}
     groups: dict[int, str] = {}
-    vpns = _valid(
-        _member_vpn(checker, node, gateways, groups, by_vpn.get(node.value)) for node in vpn_nodes.children_named("vpn")
-    )
+    vpns = _valid(_member_vpn(checker, node, gateways, groups, by_vpn.get(node.value)) for node in vpn_nodes)
     return MemberConfig(vpns, service_sets, tuple(unit for unit, _ in units))
 
 
@@ -632,12 +638,15 @@ def _interfaces(checker: _Checker, interfaces: Node | None) -> tuple[tuple[Inter
 
 
 def _service_sets(
-    checker: _Checker, services: Node | None, vpns: Node, units: tuple[tuple[InterfaceUnit, Node | None], ...]
+    checker: _Checker,
+    services: Node | None,
+    vpns: tuple[Node, ...],
+    units: tuple[tuple[InterfaceUnit, Node | None], ...],
 ) -> tuple[ServiceSet, ...]:
     """Service sets with their VPN checked and the interface units they are applied to."""
     nodes = () if services is None else services.children_named("service-set")
     defined = {node.value: node for node in nodes}
-    vpn_names = {node.value: node.value for node in vpns.children_named("vpn")}
+    vpn_names = {node.value: node.value for node in vpns}
     attachments: dict[str, list[ServiceAttachment]] = {name: [] for name in defined}
     for unit, inet in units:
         for direction in Direction:
@@ -645,7 +654,9 @@ def _service_sets(
             for applied in () if way is None else way.children_named("service-set"):
                 if checker.reference(applied, 0, defined, "service-set") is not None:
                     service_filter = applied.child("service-filter")
-                    attachment = ServiceAttachment(unit, direction, None if service_filter is None else service_filter.value)
+                    attachment = ServiceAttachment(
+                        unit, direction, None if service_filter is None else service_filter.value
+                    )
                     attachments[applied.value].append(attachment)
     sets = []
     owners: dict[str, str] = {}
@@ -664,7 +675,9 @@ def _service_sets(
             continue
         owner = owners.setdefault(vpn, node.value)
         if owner != node.value:
-            checker.report(vpn_node, f"ipsec vpn {vpn} is already applied by service-set {owner}; a VPN is in one service set", 0)
+            checker.report(
+                vpn_node, f"ipsec vpn {vpn} is already applied by service-set {owner}; a VPN is in one service set", 0
+            )
         service_interface = _descend(node, "interface-service", "service-interface")
         sets.append(
             ServiceSet(
@@ -721,7 +734,9 @@ def _server_address(checker: _Checker, server: Node) -> tuple[Address, str | Non
             mentions.append((local, f"local-address of ike gateway {gateway.value}"))
             given = local.child("routing-instance")
             if given is not None and given.value != instance:
-                checker.report(given, f"routing-instance {given.value} is not the key server's ({instance or 'none, set on listen-address'})", 0)
+                own_instance = f"routing-instance {instance}" if instance else "no routing-instance"
+                message = f"listen-address has {own_instance}; a key server runs in one routing instance"
+                checker.report(given, f"routing-instance {given.value} differs from the key server's: {message}", 0)
     own: Address | None = None
     first = ""
     for node, what in mentions:
@@ -731,7 +746,8 @@ def _server_address(checker: _Checker, server: Node) -> tuple[Address, str | Non
         if own is None:
             own, first = value, what
         elif value != own:
-            checker.report(node, f"{what} {value} differs from the key server's address {own} ({first}); a key server answers on one address", 0)
+            message = f"{what} {value} differs from the key server's address {own} ({first})"
+            checker.report(node, f"{message}; a key server answers on one address", 0)
     if own is None:
         if not mentions:
             checker.report(server, "no key server address: set listen-address or a group's server-address")
@@ -750,19 +766,16 @@ def _server_gateways(
         gateway = gateways[node.value]
         if gateway is None:
             continue
-        listed = node.child("address")
         if gateway.any_address:
             wide = wide or (gateway.policy.psk, gateway.name)
             if wide[0] != gateway.policy.psk:
-                any_node = node.child("any-address")
-                assert any_node is not None
-                checker.report(any_node, f"ike gateway {gateway.name} has another group-wide key than ike gateway {wide[1]}; there is one group-wide key")
-        assert listed is not None or gateway.any_address
+                message = f"ike gateway {gateway.name} has another group-wide key than ike gateway {wide[1]}"
+                checker.report(node.child("any-address") or node, f"{message}; there is one group-wide key")
         for i, member in enumerate(gateway.addresses):
             key, owner = keys.setdefault(member, (gateway.policy.psk, gateway.name))
             if key != gateway.policy.psk:
-                assert listed is not None
-                checker.report(listed, f"member {member} is also listed in ike gateway {owner}, with another pre-shared key", i)
+                message = f"member {member} is also listed in ike gateway {owner}, with another pre-shared key"
+                checker.report(node.child("address") or node, message, i)
     return gateways
 
 
@@ -821,8 +834,10 @@ def _group(
         if other != node.value:
             checker.report(id_node, f"group-id {group_id} is already the id of group {other}", 0)
     listed = checker.required(node, "ike-gateway", label)
-    members = () if listed is None else tuple(
-        checker.reference(listed, i, gateways, "ike gateway") for i in range(len(listed.values))
+    members = (
+        ()
+        if listed is None
+        else tuple(checker.reference(listed, i, gateways, "ike gateway") for i in range(len(listed.values)))
     )
     sa_nodes = node.children_named("ipsec-sa")
     if not sa_nodes:
@@ -856,12 +871,16 @@ def _kek(checker: _Checker, node: Node | None) -> KekSettings:
         return KekSettings()
     defaults = KekSettings()
     communication = _chosen(node, "communication-type", CommunicationType, defaults.communication)
-    algorithm, key_bits = _chosen(node, "encryption-algorithm", KEK_CIPHERS.__getitem__, (defaults.algorithm, defaults.key_bits))
+    algorithm, key_bits = _chosen(
+        node, "encryption-algorithm", KEK_CIPHERS.__getitem__, (defaults.algorithm, defaults.key_bits)
+    )
     ack = _chosen(node, "ack-request", AckMode, AckMode.RFC8263)
     group_node, port_node = node.child("multicast-group"), node.child("multicast-port")
     multicast = None
     if communication is CommunicationType.MULTICAST:
-        group_node = checker.required(node, "multicast-group", "server-member-communication with communication-type multicast")
+        group_node = checker.required(
+            node, "multicast-group", "server-member-communication with communication-type multicast"
+        )
         group = None if group_node is None else checker.parse(group_node, _multicast)
         multicast_port = checker.setting(node, "multicast-port", service_port, GDOI_PORT)
         multicast = None if group is None else Endpoint(group, multicast_port)
@@ -896,19 +915,17 @@ def _ipsec_sa(
     mark = checker.mark()
     proposal_node = checker.required(node, "proposal", label)
     proposal = None if proposal_node is None else checker.reference(proposal_node, 0, proposals, "ipsec proposal")
-    policies = [(m, _match_policy(checker, m, f"{label} match-policy {m.value}")) for m in node.children_named("match-policy")]
+    policies = [
+        (m, _match_policy(checker, m, f"{label} match-policy {m.value}")) for m in node.children_named("match-policy")
+    ]
     permits = [(m, p) for m, p in policies if p is not None and p.action is PolicyAction.PERMIT]
     if not any(p is None or p.action is PolicyAction.PERMIT for _, p in policies):
         checker.report(node, f"no permit match-policy in {label}; a TEK needs traffic to protect")
     for extra, policy in permits[1:]:
         first = permits[0][1]
-        assert first is not None and policy is not None
         if len(permits) > 2 or policy.selector != first.selector.mirrored():
-            checker.report(
-                extra,
-                f"match-policy {extra.value} is a second permit policy of {label} that is not the mirror image of "
-                f"{first.name}; an SA covers one selector or two mirror images (RFC 6407 §5.5): give it its own ipsec-sa",
-            )
+            message = f"{label} already permits match-policy {first.name}; an SA covers one selector or two"
+            checker.report(extra, f"{message} that mirror each other (RFC 6407 §5.5): give this one its own ipsec-sa")
     if not checker.clean(mark) or proposal is None:
         return None
     return IpsecSa(node.value, proposal, _valid(p for _, p in policies))

@@ -133,6 +133,8 @@ class AckMode(Enum):
 def choices(enum: type[Enum]) -> tuple[str, ...]:
     """An enum's keywords, for the schema."""
     return tuple(member.value for member in enum)
+
+
 _DIGITS = re.compile(r"[0-9]{1,20}")
 
 # IANA protocol numbers by the names Junos accepts in firewall terms, for the common ones.
