@@ -19,7 +19,7 @@ from groupvpn.gdoi import (
     TrafficSelector,
 )
 from groupvpn.ks.keys import GroupConfig, GroupKeys, KekConfig, KeySet, NoFreeSpi, TekConfig
-from groupvpn.ks.store import KeyState, KeyStore
+from groupvpn.ks.store import KeyState, KeyStore, StoreError
 from groupvpn.wire.numbers import (
     AuthAlgorithm,
     EspTransform,
@@ -297,3 +297,25 @@ def test_changed_configuration_makes_the_slot_due_at_once(db_path):
 def test_unusable_configuration_is_refused_up_front(make, problem):
     with pytest.raises(ValueError, match=problem):
         make()
+
+
+def test_forcing_the_kek_leaves_the_teks_and_a_pending_key_is_due_at_once(store):
+    keys = GroupKeys(store, CONFIG)
+    keys.ensure_current(T0)
+    assert keys.pending() == KeySet(None, ())
+    pending = keys.prepare_rekey(T0 + 7, force_kek=True)
+    assert pending.kek is not None and pending.teks == ()
+    assert keys.pending() == pending
+    assert keys.next_rekey_time() == T0 + 7  # generated and not pushed yet: due now
+
+
+def test_only_active_teks_of_sas_that_left_the_configuration_are_retired(store):
+    keys = GroupKeys(store, CONFIG)
+    current = keys.ensure_current(T0)
+    assert keys.retire_unconfigured() == ()
+    keys.config = replace(CONFIG, teks=(SA2,))
+    (gone,) = keys.retire_unconfigured()
+    assert gone == current.teks[0] and gone.name == "sa1"
+    assert [t.name for t in store.teks(42, KeyState.ACTIVE)] == ["sa2"]
+    with pytest.raises(StoreError, match="no active TEK with SPI"):
+        store.retire_tek(gone.spi)

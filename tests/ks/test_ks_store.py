@@ -250,10 +250,15 @@ def test_members_register_ack_and_leave(store):
     gone = store.set_member_state(GROUP, "198.18.0.2", MemberState.REMOVED, "operator clear")
     assert (gone.state, gone.reason) == (MemberState.REMOVED, "operator clear")
     assert [m.address for m in store.members(GROUP, MemberState.ACTIVE)] == ["198.18.0.3"]
+    with pytest.raises(StoreError, match="198.18.0.2 was removed from group 1234 and is not re-authorized"):
+        store.register_member(GROUP, "198.18.0.2", 15.0)
+    assert store.member(GROUP, "198.18.0.2") == gone
+    store.set_member_state(GROUP, "198.18.0.2", MemberState.INACTIVE, "re-authorized")
     back = store.register_member(GROUP, "198.18.0.2", 20.0)
     assert (back.first_registered, back.last_registered, back.state, back.reason) == (
         10.0, 20.0, MemberState.ACTIVE, ""
     )
+    assert store.member(GROUP, "198.18.0.9") is None
     with pytest.raises(StoreError, match="not a member"):
         store.record_ack(GROUP, "198.18.0.9", bytes(16), 1)
 

@@ -223,6 +223,10 @@ class GroupKeys:
     def group_id(self) -> int:
         return self.config.group_id
 
+    @property
+    def store(self) -> KeyStore:
+        return self._store
+
     def signing_key(self, now: float) -> SigningKey:
         """The group's GROUPKEY-PUSH signing key, generated and stored on first use."""
         if self._signing_key is None:
@@ -289,24 +293,45 @@ class GroupKeys:
         """When the first active key reaches its rekey point; None before ``ensure_current``.
 
         The rekey point is activation + (1 - rekey_fraction) * lifetime, or
-        activation itself for a key the configuration has since changed.
+        activation itself for a key the configuration has since changed.  A
+        slot holding a pending key is due since that key was made: it has
+        not gone out yet (a crash came between generating and pushing it).
         """
         return min(
-            (self._rekey_at(slot) for slot in self._slots() if slot.active is not None), default=None
+            (
+                slot.pending.times.created_at if slot.pending is not None else self._rekey_at(slot)
+                for slot in self._slots()
+                if slot.active is not None
+            ),
+            default=None,
         )
 
-    def prepare_rekey(self, now: float, *, force: bool = False) -> KeySet:
+    def pending(self) -> KeySet:
+        """The keys generated for the next rekey and not yet active."""
+        return self._keys(KeyState.PENDING)
+
+    def prepare_rekey(self, now: float, *, force: bool = False, force_kek: bool = False) -> KeySet:
         """The pending keys of the next rekey, generating them for every slot that is due.
 
         Idempotent: a slot's existing pending key is returned, never replaced,
         so after a crash between generating and pushing the same keys go out.
-        ``force`` makes every slot due (e.g. a KEK change after a member is removed).
+        ``force`` makes every slot due (e.g. a KEK change after a member is removed),
+        ``force_kek`` the KEK slot (the SA KEK members hold no longer says what is configured).
         """
         self.ensure_current(now)
         for slot in self._slots():
-            if slot.pending is None and (force or now >= self._rekey_at(slot)):
+            forced = force or (force_kek and isinstance(slot.active, StoredKek))
+            if slot.pending is None and (forced or now >= self._rekey_at(slot)):
                 slot.generate(now)
-        return self._keys(KeyState.PENDING)
+        return self.pending()
+
+    def retire_unconfigured(self) -> tuple[StoredTek, ...]:
+        """Retire the active TEKs of SAs no longer in the configuration; the ones retired."""
+        names = {tek.name for tek in self.config.teks}
+        gone = tuple(t for t in self._store.teks(self.group_id, KeyState.ACTIVE) if t.name not in names)
+        for tek in gone:
+            self._store.retire_tek(tek.spi)
+        return gone
 
     def activate(self, keys: KeySet, now: float) -> None:
         """Make these pending keys current, retire what they replace, forget expired old keys."""

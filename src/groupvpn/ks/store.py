@@ -419,6 +419,14 @@ class KeyStore:
                 (KeyState.ACTIVE, now, now, rowid),
             )
 
+    def retire_tek(self, spi: int) -> None:
+        """Retire an active TEK that nothing replaces (its SA left the configuration)."""
+        with self._transaction() as db:
+            if not db.execute(
+                "UPDATE tek SET state = ? WHERE spi = ? AND state = ?", (KeyState.RETIRED, spi, KeyState.ACTIVE)
+            ).rowcount:
+                raise StoreError(f"no active TEK with SPI {spi:#010x}")
+
     def forget_retired(self, group_id: int, now: float) -> int:
         """Delete retired keys that have expired (their secrets serve no one); SPIs stay issued."""
         with self._transaction() as db:
@@ -460,16 +468,23 @@ class KeyStore:
     # -- members -----------------------------------------------------------------------------
 
     def register_member(self, group_id: int, address: str, now: float) -> Member:
-        """Record a completed registration; a returning member becomes active again."""
+        """Record a completed registration; a returning member becomes active again.
+
+        A member the administrator removed stays removed: its registration
+        is refused until it is re-authorized (set to another state).
+        """
         with self._transaction() as db:
             row = db.execute(
                 f"""INSERT INTO member (group_id, address, first_registered, last_registered, state)
                     VALUES (?, ?, ?, ?, 'active')
                     ON CONFLICT (group_id, address) DO UPDATE
                     SET last_registered = excluded.last_registered, state = 'active', reason = ''
+                    WHERE member.state != 'removed'
                     RETURNING {_MEMBER_COLUMNS}""",
                 (group_id, address, now, now),
             ).fetchone()
+        if row is None:
+            raise StoreError(f"member {address} was removed from group {group_id} and is not re-authorized")
         return _member(row)
 
     def record_ack(self, group_id: int, address: str, kek_spi: bytes, seq: int) -> Member:
@@ -495,6 +510,12 @@ class KeyStore:
         if row is None:
             raise StoreError(f"{address} is not a member of group {group_id}")
         return _member(row)
+
+    def member(self, group_id: int, address: str) -> Member | None:
+        row = self._db.execute(
+            f"SELECT {_MEMBER_COLUMNS} FROM member WHERE group_id = ? AND address = ?", (group_id, address)
+        ).fetchone()
+        return None if row is None else _member(row)
 
     def members(self, group_id: int, state: MemberState | None = None) -> list[Member]:
         rows = self._db.execute(
