@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__
-from .ops import config, decode, ike, ks, lab, show
+from .ops import config, decode, ike, ks, lab, member, show
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -22,6 +22,7 @@ COMMANDS: tuple[Registrar, ...] = (
     ike.register,
     ks.register,
     lab.register,
+    member.register,
     show.register,
 )
 

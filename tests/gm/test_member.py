@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from member_lab import (
     GM,
@@ -386,3 +388,9 @@ def test_a_vpn_applied_to_no_interface_never_registers():
     lab = Lab.make([VpnSettings("lan", 1, gateway(), frozenset())], {})
     lab.link(True)
     assert lab.state() == "DOWN" and lab.sent == []
+
+
+def test_reload_changing_only_how_traffic_is_treated_still_reregisters(lab):
+    lab.link(True)
+    lab.call(lambda now: lab.member.reconfigure([replace(vpn(), traffic=("df-bit", "copy"))], now))
+    assert lab.of(SasCleared)[0].reason == "configuration changed" and len(lab.of(Registered)) == 2

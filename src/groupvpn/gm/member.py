@@ -28,7 +28,7 @@ from __future__ import annotations
 import collections
 import enum
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from types import MappingProxyType
@@ -96,13 +96,19 @@ class GatewaySettings:
 class VpnSettings:
     """A group VPN: the group, its gateway and the interfaces its service set is applied to.
 
-    It registers while one of ``interfaces`` is up; with none it never does.
+    It registers while one of ``interfaces`` is up; with none it never
+    does.  ``traffic`` is how the data plane treats the VPN's packets
+    (df-bit, match direction, fail-open rules): opaque here, but a change
+    re-registers the VPN like any other (seed: "Most Group VPNv2
+    configuration changes result in deleting both existing SAs and
+    re-registration").
     """
 
     name: str
     group_id: int
     gateway: GatewaySettings
     interfaces: frozenset[str]
+    traffic: Hashable = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.group_id <= 0xFFFFFFFF:

@@ -1,0 +1,80 @@
+"""``groupvpn member``: run the group member daemon, or ask a running one to reload.
+
+``groupvpn member --config FILE`` checks the configuration first: an
+invalid file prints each problem with its line and column and exits 1.
+Without ``--foreground`` the daemon detaches once its sockets are open,
+and this command exits 0, or 1 with the reason it did not start.
+``groupvpn member reload`` makes the running daemon re-read its file (as
+SIGHUP does) and prints the outcome: a configuration with problems is
+refused, listing them, and the running one stays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..config.errors import ConfigError
+from ..runtime import daemon
+from ..runtime.control import ControlError, call
+from ..runtime.member_daemon import MemberDaemon, load
+from .show import ROLE_SOCKETS
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    member = subparsers.add_parser(
+        "member",
+        help="run the group member daemon, or 'member reload' a running one",
+        description="Run the GDOI group member of a Junos-style 'security group-vpn member' configuration.",
+    )
+    member.add_argument(
+        "action", nargs="?", choices=("reload",), help="reload: make the running daemon re-read its file"
+    )
+    member.add_argument("--config", type=Path, help="the configuration file (curly-brace or set form)")
+    member.add_argument(
+        "--socket", type=Path, default=ROLE_SOCKETS["member"], help="control socket (default %(default)s)"
+    )
+    member.add_argument(
+        "--log-file", type=Path, help="log here (default: stderr in the foreground, else /var/log/groupvpn/member.log)"
+    )
+    member.add_argument("--foreground", action="store_true", help="do not detach; log to stderr unless --log-file")
+    member.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "reload":
+        return _reload(args.socket)
+    if args.config is None:
+        print("groupvpn member: --config FILE is required to start the daemon", file=sys.stderr)
+        return daemon.EXIT_FAILED
+    config = args.config.resolve()
+    try:
+        load(config)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"{config}: {problem}", file=sys.stderr)
+        return daemon.EXIT_FAILED
+    except ValueError as err:
+        print(f"{config}: {err}", file=sys.stderr)
+        return daemon.EXIT_FAILED
+    except OSError as err:
+        print(f"groupvpn member: cannot read {config}: {err.strerror}", file=sys.stderr)
+        return daemon.EXIT_FAILED
+    return daemon.run(
+        "member",
+        lambda: MemberDaemon.start(config),
+        control_path=args.socket.resolve(),
+        foreground=args.foreground,
+        log_file=None if args.log_file is None else args.log_file.resolve(),
+    )
+
+
+def _reload(socket: Path) -> int:
+    try:
+        view = call(socket, {"op": "reload", "role": "member"}, timeout=30.0)
+    except ControlError as err:
+        print(f"groupvpn member reload: {err}", file=sys.stderr)
+        return daemon.EXIT_FAILED
+    print("\n".join(view.get("notes", [])))
+    return daemon.EXIT_OK
