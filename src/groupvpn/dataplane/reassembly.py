@@ -24,10 +24,19 @@ from __future__ import annotations
 
 import struct
 
-from ..wire.ip import FLAG_MF, IPV6_FRAGMENT, IPV6_HEADER_SIZE, MAX_IP_LENGTH, OFFSET_MASK, checksum
+from ..wire.ip import (
+    FLAG_DF,
+    FLAG_MF,
+    FLAG_RESERVED,
+    IPV6_FRAGMENT,
+    IPV6_HEADER_SIZE,
+    MAX_IP_LENGTH,
+    OFFSET_MASK,
+    checksum,
+)
 from . import DropCounters, DropReason
 
-_FLAGS_KEPT = 0xC000  # reserved and DF survive reassembly, MF and the offset do not
+_FLAGS_KEPT = FLAG_RESERVED | FLAG_DF  # MF and the offset do not survive reassembly
 _U16 = struct.Struct("!H")
 
 

@@ -69,8 +69,7 @@ def checksum(data: bytes | bytearray | memoryview) -> int:
 
 def checksum_valid(data: bytes | bytearray | memoryview) -> bool:
     """Whether ``data`` carries a valid checksum: its words sum to 0xFFFF (negative zero)."""
-    value = int.from_bytes(data, "big") << 8 if len(data) % 2 else int.from_bytes(data, "big")
-    return value != 0 and value % 0xFFFF == 0
+    return ones_complement_sum(data) == 0xFFFF
 
 
 def pseudo_header_v6(src: bytes, dst: bytes, length: int, next_header: int) -> bytes:
@@ -251,8 +250,6 @@ class IPv6Fragment:
     fragment_offset: int
     more_fragments: bool
     identification: int
-
-    SIZE = IPV6_FRAGMENT.size
 
     def __post_init__(self) -> None:
         if self.fragment_offset % 8 or not 0 <= self.fragment_offset <= OFFSET_MASK * 8:
