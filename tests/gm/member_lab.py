@@ -24,7 +24,7 @@ from groupvpn.ike.sa import Address
 from groupvpn.ks.keys import GroupConfig, KekConfig, TekConfig
 from groupvpn.ks.server import Gateway, GroupSettings, KeyServer, ServerSettings
 from groupvpn.ks.store import KeyStore
-from groupvpn.wire.numbers import AuthAlgorithm, EspTransform, KekAckType, SigAlgorithm
+from groupvpn.wire.numbers import GDOI_PORT, AuthAlgorithm, EspTransform, KekAckType, SigAlgorithm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ike"))
 from phase1_link import SeededRng  # noqa: E402
@@ -96,6 +96,7 @@ Server = KeyServer | RogueServer
 class Lab:
     member: Member
     servers: dict[Address, Server] = field(default_factory=dict)
+    address: Address = GM_ADDR  # the member's socket
     now: float = T0
     events: list[MemberEvent] = field(default_factory=list)
     server_events: list[object] = field(default_factory=list)
@@ -106,7 +107,8 @@ class Lab:
     @classmethod
     def make(cls, vpns: Sequence[VpnSettings], servers: dict[Address, Server], **timing: object) -> Lab:
         member = Member(vpns, SaDatabase(), timing=Timing(**timing), rng=SeededRng("member"))  # type: ignore[arg-type]
-        return cls(member, servers)
+        address = (vpns[0].gateway.local_address, GDOI_PORT) if vpns else GM_ADDR
+        return cls(member, servers, address)
 
     @property
     def sadb(self) -> SaDatabase:
@@ -116,7 +118,7 @@ class Lab:
         self.events += out.events
         for datagram in out.datagrams:
             self.sent.append((datagram.addr, datagram.data))
-            self.in_flight.append((datagram.addr, GM_ADDR, datagram.data))
+            self.in_flight.append((datagram.addr, self.address, datagram.data))
         return out
 
     def call(self, action: Callable[[float], MemberOutput]) -> MemberOutput:
@@ -133,7 +135,7 @@ class Lab:
             if not self.in_flight:
                 return
             to, source, data = self.in_flight.popleft()
-            if to == GM_ADDR:
+            if to == self.address:
                 self.apply(self.member.receive(data, source, self.now))
                 continue
             server = self.servers.get(to)
