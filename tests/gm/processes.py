@@ -78,8 +78,15 @@ class Daemon:
 
     def start(self, timeout: float = 20.0) -> Daemon:
         """Start and wait until the control socket answers."""
+        return self.launch().ready(timeout)
+
+    def launch(self) -> Daemon:
+        """Start without waiting (several daemons start faster side by side); then ``ready``."""
         self.socket.unlink(missing_ok=True)
         self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return self
+
+    def ready(self, timeout: float = 20.0) -> Daemon:
         wait_for(self._ready, timeout, f"{self.name} to serve its control socket")
         return self
 
