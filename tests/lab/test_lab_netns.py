@@ -7,6 +7,7 @@ a test fails.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -16,13 +17,13 @@ import sys
 import time
 import uuid
 from itertools import permutations
-from pathlib import Path
 
 import pytest
 
 from groupvpn.ops import lab as lab_module
-from groupvpn.ops.lab import Lab
-from groupvpn.ops.netlab import existing_namespaces, routes_out
+from groupvpn.ops.lab import Lab, LabError
+from groupvpn.ops.netlab import alive, existing_namespaces, routes_out
+from groupvpn.runtime.control import call
 
 pytestmark = [
     pytest.mark.netns,
@@ -110,11 +111,12 @@ def test_status_shows_only_veths_between_lab_namespaces(running_lab):
     assert report["routes_out"] == {netns: [] for netns in lab.namespaces}
     assert set(report["daemons"]) == set()  # --no-daemons
 
-    text = groupvpn("lab", "status", "--dir", str(directory))
-    assert text.returncode == 0
-    assert "8 of 8 namespaces present" in text.stdout
-    assert f"{lab.host(3)}" in text.stdout and "198.19.3.2/24" in text.stdout
-    assert "Routes out of the lab: none" in text.stdout
+    text = io.StringIO()
+    lab_module.render_status(report, text)
+    assert "8 of 8 namespaces present" in text.getvalue()
+    rows = [line.split() for line in text.getvalue().splitlines()]
+    assert [lab.host(3), "eth0", "veth", "UP", "198.19.3.2/24", f"{lab.gm(3)}/lan"] in rows
+    assert "Routes out of the lab: none" in text.getvalue()
 
 
 def test_a_second_up_is_refused_and_leaves_the_lab_alone(running_lab, tmp_path):
@@ -122,9 +124,8 @@ def test_a_second_up_is_refused_and_leaves_the_lab_alone(running_lab, tmp_path):
     again = groupvpn("lab", "up", "--dir", str(directory), "--prefix", lab.prefix, "--no-daemons")
     assert again.returncode == 1
     assert f"a lab is already up in {directory}" in again.stderr
-    elsewhere = groupvpn("lab", "up", "--dir", str(tmp_path / "other"), "--prefix", lab.prefix, "--no-daemons")
-    assert elsewhere.returncode == 1
-    assert "network namespaces already exist" in elsewhere.stderr
+    with pytest.raises(LabError, match="network namespaces already exist"):
+        lab_module.create(tmp_path / "other", lab)
     assert set(lab.namespaces) <= existing_namespaces()
     assert (directory / "lab.json").exists()
 
@@ -139,8 +140,7 @@ def test_configurations_are_private_files_in_the_lab_directory(running_lab):
 def test_down_removes_everything_and_is_idempotent(tmp_path):
     lab = Lab(unique_prefix(), 2)
     try:
-        up = groupvpn("lab", "up", "--dir", str(tmp_path), "--prefix", lab.prefix, "--members", "2", "--no-daemons")
-        assert up.returncode == 0, up.stderr
+        lab_module.create(tmp_path, lab)
         # A process left in a namespace must not keep it (and its veths) alive.
         sleeper = subprocess.Popen(["ip", "netns", "exec", lab.wan, "sleep", "60"])
         down = groupvpn("lab", "down", "--dir", str(tmp_path))
@@ -149,8 +149,7 @@ def test_down_removes_everything_and_is_idempotent(tmp_path):
         assert sleeper.wait(10) == -signal.SIGTERM
         assert not [netns for netns in existing_namespaces() if netns.startswith(lab.prefix)]
         assert not (tmp_path / "lab.json").exists()
-        again = groupvpn("lab", "down", "--dir", str(tmp_path), "--prefix", lab.prefix)
-        assert (again.returncode, again.stdout.strip()) == (0, "removed 0 namespaces (nothing was up)")
+        assert lab_module.remove(tmp_path, lab.prefix) == []
     finally:
         lab_module.remove(tmp_path, lab.prefix)
 
@@ -174,16 +173,17 @@ def test_down_cleans_up_after_a_crashed_up(tmp_path):
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and up.poll() is None:
             if state.exists() and len(json.loads(state.read_text() or "{}").get("namespaces", [])) >= 2:
                 break
             time.sleep(0.001)
-        up.kill()
+        os.killpg(up.pid, signal.SIGKILL)  # the command and any `ip` it was running, as a crash would
         up.wait(10)
         assert [netns for netns in existing_namespaces() if netns.startswith(lab.prefix)]
-        assert groupvpn("lab", "down", "--dir", str(tmp_path)).returncode == 0
+        assert lab_module.remove(tmp_path)
         assert not [netns for netns in existing_namespaces() if netns.startswith(lab.prefix)]
     finally:
         lab_module.remove(tmp_path, lab.prefix)
@@ -203,16 +203,28 @@ def test_down_without_a_state_file_finds_the_lab_by_prefix(tmp_path):
     not {"ks", "member"} <= lab_module.available_commands(),
     reason="the ks and member daemons are not in this groupvpn yet",
 )
-def test_up_starts_the_daemons_in_their_namespaces_and_down_stops_them(tmp_path):
+def test_up_starts_the_daemons_which_register_and_down_stops_them(tmp_path):
     lab = Lab(unique_prefix(), 2)
+    members = {str(lab.member_wan(n).ip) for n in lab.numbers}
+    request = {"op": "show", "role": "server", "topic": "registered-members", "show_keys": False}
     try:
         up = groupvpn("lab", "up", "--dir", str(tmp_path), "--prefix", lab.prefix, "--members", "2")
         assert up.returncode == 0, up.stdout + up.stderr
-        report = json.loads(groupvpn("lab", "status", "--dir", str(tmp_path), "--json").stdout)
+        assert "ks: started\ngm1: started\ngm2: started\n" in up.stdout
+        deadline = time.monotonic() + 20
+        registered: set[str] = set()
+        while registered != members and time.monotonic() < deadline:
+            time.sleep(0.1)
+            registered = {r["member"] for r in call(tmp_path / "ks.sock", request)["records"]}
+        assert registered == members, (tmp_path / "ks.log").read_text()
+
+        report = lab_module.status(tmp_path)
         assert set(report["daemons"]) == {"ks", "gm1", "gm2"}
         assert all(d["running"] and d["socket_present"] for d in report["daemons"].values()), report["daemons"]
+        assert report["daemons"]["ks"]["summary"] == "members registered: 2"
+        assert report["daemons"]["gm2"]["summary"] == "TEKs installed: 1"
         pids = [pid for d in report["daemons"].values() for pid in d["pids"]]
-        assert groupvpn("lab", "down", "--dir", str(tmp_path)).returncode == 0
-        assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+        lab_module.remove(tmp_path)
+        assert not [pid for pid in pids if alive(pid)]
     finally:
         lab_module.remove(tmp_path, lab.prefix)

@@ -38,6 +38,7 @@ from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..runtime.control import ControlError, call
 from . import lab_configs
 from .netlab import (
     Link,
@@ -234,13 +235,51 @@ def create(directory: Path, lab: Lab) -> dict[str, Any]:
     return state
 
 
-def _daemon_roles(lab: Lab) -> list[tuple[str, str, str]]:
-    """(role, groupvpn command, namespace), key server first."""
-    return [("ks", "ks", lab.ks), *((f"gm{n}", "member", lab.gm(n)) for n in lab.numbers)]
+def _daemon_records(directory: Path, lab: Lab) -> dict[str, dict[str, Any]]:
+    """Where each daemon's files go, key server first."""
+    roles = [("ks", "ks", lab.ks), *((f"gm{n}", "member", lab.gm(n)) for n in lab.numbers)]
+    records = {}
+    for role, command, netns in roles:
+        records[role] = {
+            "netns": netns,
+            "command": command,
+            "config": str(directory / f"{role}.conf"),
+            "socket": str(directory / f"{role}.sock"),
+            "log": str(directory / f"{role}.log"),
+        }
+        if command == "ks":
+            records[role]["state_dir"] = str(directory / role)  # the key store
+    return records
+
+
+def _launch(record: dict[str, Any]) -> subprocess.Popen[str]:
+    """The daemon, detaching: the launching command exits once it serves (0) or has failed (1)."""
+    argv = [record["command"], "--config", record["config"], "--socket", record["socket"], "--log-file", record["log"]]
+    if "state_dir" in record:
+        argv += ["--state-dir", record["state_dir"]]
+    return subprocess.Popen(
+        ["ip", "netns", "exec", record["netns"], sys.executable, "-m", "groupvpn.cli", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _started(launcher: subprocess.Popen[str], record: dict[str, Any]) -> bool:
+    try:
+        _, errors = launcher.communicate(timeout=DAEMON_START_TIMEOUT)
+        failure = launcher.returncode and f"exit status {launcher.returncode}: {errors.strip()}"
+    except subprocess.TimeoutExpired:
+        launcher.kill()
+        launcher.communicate()
+        failure = f"no readiness report within {DAEMON_START_TIMEOUT:.0f} s"
+    record["status"] = f"failed to start ({failure})" if failure else "started"
+    record["pids"] = processes(record["netns"])
+    return not failure
 
 
 def available_commands() -> frozenset[str]:
-    """The subcommands this ``groupvpn`` has (the daemons arrive in later issues)."""
+    """The subcommands this ``groupvpn`` has (the daemons arrived after the lab)."""
     from ..cli import build_parser  # the CLI imports this module
 
     for action in build_parser()._actions:
@@ -250,36 +289,25 @@ def available_commands() -> frozenset[str]:
 
 
 def start_daemons(directory: Path, lab: Lab, state: dict[str, Any]) -> bool:
-    """Start the key server then the members in their namespaces; whether all that exist started."""
+    """Start the key server, then every member at once; whether all that exist started.
+
+    The key server goes first so that members register at once instead
+    of after their first retry interval.
+    """
     commands = available_commands()
+    records = _daemon_records(directory, lab)
+    state["daemons"] = records
+    waves = [["ks"], [role for role in records if role != "ks"]]
     ok = True
-    for role, command, netns in _daemon_roles(lab):
-        record: dict[str, Any] = {
-            "netns": netns,
-            "command": command,
-            "config": str(directory / f"{role}.conf"),
-            "socket": str(directory / f"{role}.sock"),
-            "log": str(directory / f"{role}.log"),
-            "state_dir": str(directory / role),
-        }
-        if command not in commands:
-            record["status"] = f"not started: this groupvpn has no `{command}` command yet"
-        else:
-            argv = [
-                "ip", "netns", "exec", netns, sys.executable, "-m", "groupvpn.cli", command,
-                "--config", record["config"], "--socket", record["socket"],
-                "--state-dir", record["state_dir"], "--log-file", record["log"],
-            ]  # fmt: skip
-            # Without --foreground the daemon detaches and this command returns once it serves (or failed).
-            try:
-                done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=DAEMON_START_TIMEOUT)
-                failure = done.returncode and f"exit status {done.returncode}: {done.stderr.strip()}"
-            except subprocess.TimeoutExpired:
-                failure = f"no readiness report within {DAEMON_START_TIMEOUT:.0f} s"
-            record["status"] = f"failed to start ({failure})" if failure else "started"
-            record["pids"] = processes(netns)
-            ok = ok and not failure
-        state["daemons"][role] = record
+    for wave in waves:
+        launched = {}
+        for role in wave:
+            if records[role]["command"] in commands:
+                launched[role] = _launch(records[role])
+            else:
+                records[role]["status"] = f"not started: this groupvpn has no `{records[role]['command']}` command yet"
+        for role, launcher in launched.items():
+            ok = _started(launcher, records[role]) and ok
         _save_state(directory, state)
     return ok
 
@@ -297,11 +325,32 @@ def up(directory: Path, lab: Lab, daemons: bool, out: TextIO) -> int:
     ok = start_daemons(directory, lab, state)
     for role, record in state["daemons"].items():
         print(f"{role}: {record['status']}", file=out)
+    if state["daemons"]["ks"]["status"] == "started":
+        print(
+            f"see: groupvpn show security group-vpn server registered-members --socket {directory}/ks.sock",
+            file=out,
+        )
     return 0 if ok else 1
 
 
 # --------------------------------------------------------------------------
 # status
+
+# What a running daemon is asked for ``lab status``: (role, show topic, what its records count).
+_SUMMARIES = {
+    "ks": ("server", "registered-members", "members registered"),
+    "member": ("member", "ipsec-security-associations", "TEKs installed"),
+}
+
+
+def _summary(record: dict[str, Any]) -> str:
+    role, topic, counted = _SUMMARIES[record["command"]]
+    request = {"op": "show", "role": role, "topic": topic, "show_keys": False}
+    try:
+        view = call(Path(record["socket"]), request, timeout=2.0)
+    except ControlError as err:
+        return f"no answer: {err}"
+    return f"{counted}: {len(view.get('records', []))}"
 
 
 def status(directory: Path) -> dict[str, Any]:
@@ -314,11 +363,13 @@ def status(directory: Path) -> dict[str, Any]:
     daemons = {}
     for role, record in state["daemons"].items():
         running = processes(record["netns"])
+        socket_present = Path(record["socket"]).exists()
         daemons[role] = {
             **record,
             "pids": running,
             "running": bool(running),
-            "socket_present": Path(record["socket"]).exists(),
+            "socket_present": socket_present,
+            "summary": _summary(record) if running and socket_present else None,
         }
     return {
         "directory": str(directory),
@@ -358,7 +409,7 @@ def render_status(report: dict[str, Any], out: TextIO) -> None:
         print("  none started", file=out)
     for role, d in report["daemons"].items():
         if d["running"]:
-            state = f"running (pid {', '.join(map(str, d['pids']))})"
+            state = f"running (pid {', '.join(map(str, d['pids']))})" + (f", {d['summary']}" if d["summary"] else "")
         else:
             state = "not running" if d["status"] == "started" else d["status"]
         socket = "present" if d["socket_present"] else "absent"

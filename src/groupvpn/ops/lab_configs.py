@@ -1,8 +1,8 @@
 """The key server and member configurations ``groupvpn lab up`` writes: Junos curly-brace text.
 
 The configurations are built as ``config.junos`` trees and rendered, then
-parsed back against the ``SERVER`` / ``MEMBER`` schemas, so a lab can
-never hand its daemons a file they would reject for syntax.  One group
+loaded back through the typed model (``config.model``), so a lab can never
+hand its daemons a file they would reject.  One group
 (id ``GROUP_ID``) protects traffic between the member LANs with
 AES-256-CBC + HMAC-SHA-256-128: a CBC suite needs no sender IDs, so it
 works for any number of members.  Phase 1 uses one lab-wide pre-shared
@@ -11,11 +11,11 @@ key that the caller generates and that lives only in these files.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from ..config.junos import Node, Statement, parse_curly, render_curly
-from ..config.schema import MEMBER, SERVER
+from ..config.junos import Node, render_curly
+from ..config.model import KeyServerConfig, MemberConfig, load_member, load_server
 
 GROUP_ID = 1
 GROUP = "lab"
@@ -132,7 +132,7 @@ def server_config(server: IPv4Address, members: Sequence[IPv4Address], protected
             ),
         ),
     )
-    return _checked(tree, SERVER)
+    return _checked(tree, load_server)
 
 
 def member_config(server: IPv4Address, wan: IPv4Interface, interface: str, psk: str) -> str:
@@ -206,11 +206,11 @@ def member_config(server: IPv4Address, wan: IPv4Interface, interface: str, psk: 
             ),
         ),
     )
-    return _checked(tree, MEMBER)
+    return _checked(tree, load_member)
 
 
-def _checked(tree: Node, schema: Statement) -> str:
-    """``tree`` rendered, after proving the text parses back (ConfigError otherwise)."""
+def _checked(tree: Node, load: Callable[[str], KeyServerConfig | MemberConfig]) -> str:
+    """``tree`` rendered, after proving the daemon's loader accepts the text (ConfigError otherwise)."""
     text = render_curly(tree)
-    parse_curly(text, schema)
+    load(text)
     return text

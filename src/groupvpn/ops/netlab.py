@@ -149,26 +149,26 @@ def processes(netns: str) -> list[int]:
 
 def stop_processes(pids: Iterable[int], grace: float = STOP_GRACE) -> None:
     """SIGTERM ``pids``, then SIGKILL whatever is still alive after ``grace`` seconds."""
-    alive = set(pids)
-    for pid in list(alive):
-        _signal(pid, signal.SIGTERM, alive)
+    remaining = {pid for pid in pids if _signal(pid, signal.SIGTERM)}
     deadline = time.monotonic() + grace
-    while alive and time.monotonic() < deadline:
+    while remaining and time.monotonic() < deadline:
         time.sleep(0.02)
-        alive = {pid for pid in alive if _running(pid)}
-    for pid in list(alive):
-        _signal(pid, signal.SIGKILL, alive)
+        remaining = {pid for pid in remaining if alive(pid)}
+    for pid in remaining:
+        _signal(pid, signal.SIGKILL)
 
 
-def _signal(pid: int, signum: int, alive: set[int]) -> None:
+def _signal(pid: int, signum: int) -> bool:
+    """Whether the process existed to receive ``signum``."""
     try:
         os.kill(pid, signum)
     except ProcessLookupError:
-        alive.discard(pid)
+        return False
+    return True
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a reaped-later child of ours counts as gone)."""
+def alive(pid: int) -> bool:
+    """Running: exists and is not a zombie (detached daemons are reaped by init, sometimes late)."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
