@@ -134,20 +134,24 @@ class Lab:
         for _ in range(10_000):
             if not self.in_flight:
                 return
-            to, source, data = self.in_flight.popleft()
-            if to == self.address:
-                self.apply(self.member.receive(data, source, self.now))
-                continue
-            server = self.servers.get(to)
-            if server is None:
-                self.lost += 1
-            elif isinstance(server, KeyServer):
-                out = server.receive(data, source, self.now)
-                self.server_events += out.events
-                self.in_flight.extend((d.addr, to, d.data) for d in out.datagrams)
-            else:
-                self.in_flight.extend((d.addr, to, d.data) for d in server.receive(data, source, self.now))
+            self.step()
         raise AssertionError("the network never went quiet")
+
+    def step(self) -> None:
+        """Hand over the first datagram in flight."""
+        to, source, data = self.in_flight.popleft()
+        if to == self.address:
+            self.apply(self.member.receive(data, source, self.now))
+            return
+        server = self.servers.get(to)
+        if server is None:
+            self.lost += 1
+        elif isinstance(server, KeyServer):
+            out = server.receive(data, source, self.now)
+            self.server_events += out.events
+            self.in_flight.extend((d.addr, to, d.data) for d in out.datagrams)
+        else:
+            self.in_flight.extend((d.addr, to, d.data) for d in server.receive(data, source, self.now))
 
     def run(self, until: Callable[[], bool], limit: float = 3600.0) -> float:
         """Move time from timer to timer until ``until()`` holds; returns the time it took."""

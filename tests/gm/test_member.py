@@ -394,3 +394,26 @@ def test_reload_changing_only_how_traffic_is_treated_still_reregisters(lab):
     lab.link(True)
     lab.call(lambda now: lab.member.reconfigure([replace(vpn(), traffic=("df-bit", "copy"))], now))
     assert lab.of(SasCleared)[0].reason == "configuration changed" and len(lab.of(Registered)) == 2
+
+
+def test_stopping_the_vpn_whose_pull_runs_lets_the_next_one_pull(store):
+    lab = Lab.make([vpn("one", 1), vpn("two", 2, interface="eth2")], {KS1: key_server(store)})
+    lab.apply(lab.member.link_changed("eth1", True, lab.now))
+    lab.apply(lab.member.link_changed("eth2", True, lab.now))
+    while lab.state("one") != "REGISTERING":
+        lab.step()
+    assert lab.state("two") == "CONNECTING"  # queued behind "one" on the same IKE SA
+    lab.link(False)
+    assert lab.state("one") == "DOWN" and lab.state("two") == "REGISTERED"
+
+
+def test_a_reload_closing_the_ike_sa_under_a_running_pull_restarts_that_registration(store):
+    lab = Lab.make([vpn("one", 1), vpn("two", 2, interface="eth2")], {KS1: key_server(store)})
+    lab.apply(lab.member.link_changed("eth1", True, lab.now))
+    lab.apply(lab.member.link_changed("eth2", True, lab.now))
+    while lab.state("one") != "REGISTERING":
+        lab.step()
+    changed = [vpn("one", 1, gateway(name="renamed")), vpn("two", 2, interface="eth2")]
+    lab.call(lambda now: lab.member.reconfigure(changed, now))
+    assert lab.state("one") == lab.state("two") == "REGISTERED"
+    assert lab.of(AttemptFailed) == []  # nobody failed: the reload restarted them

@@ -447,7 +447,7 @@ class Member:
                 if self._up(registration.settings) and registration.state is VpnState.DOWN:
                     self._start(out, registration, now)
                 elif not self._up(registration.settings) and registration.state is not VpnState.DOWN:
-                    self._stop(out, registration, f"interface {interface} down")
+                    self._stop(out, registration, f"interface {interface} down", now)
         return self._output(out)
 
     def _up(self, settings: VpnSettings) -> bool:
@@ -459,7 +459,7 @@ class Member:
         for registration in self._vpns.values():
             if registration.state is VpnState.DOWN or group_id not in (None, registration.settings.group_id):
                 continue
-            self._stop(out, registration, "cleared by the operator; registering again")
+            self._stop(out, registration, "cleared by the operator; registering again", now)
             self._start(out, registration, now)
         return self._output(out)
 
@@ -482,7 +482,7 @@ class Member:
             gateway = settings.gateway
             stale.update((server, gateway.server_port) for server in gateway.servers)
             reason = "configuration changed" if name in wanted else "removed from the configuration"
-            self._stop(out, registration, reason)
+            self._stop(out, registration, reason, now)
             del self._vpns[name]
         servers = {(s, v.gateway.server_port): v.gateway.phase1() for v in vpns for s in v.gateway.servers}
         for address, connection in list(self._connections.items()):
@@ -501,7 +501,7 @@ class Member:
         out = _Collector()
         for registration in self._vpns.values():
             if registration.state is not VpnState.DOWN:
-                self._stop(out, registration, "member stopping")
+                self._stop(out, registration, "member stopping", now)
         for connection in list(self._connections.values()):
             self._close(out, connection, now)
         return self._output(out)
@@ -538,14 +538,15 @@ class Member:
         out.datagrams += phase1.start(now).datagrams
         return connection
 
-    def _stop(self, out: _Collector, registration: Registration, reason: str) -> None:
+    def _stop(self, out: _Collector, registration: Registration, reason: str, now: float) -> None:
         """End ``registration``'s attempt or registration and delete its SAs; state DOWN."""
         name = registration.settings.name
-        for connection in self._connections.values():
+        for connection in list(self._connections.values()):
             if name in connection.queue:
                 connection.queue.remove(name)
             if connection.pull is not None and connection.pull.vpn == name:
                 connection.pull = None  # the key server forgets an unfinished PULL by itself
+                self._next_pull(out, connection, now)
         registration.state = VpnState.DOWN
         registration.retry_at = registration.registered_at = None
         if self.sadb.clear(registration.settings.group_id):
@@ -643,8 +644,11 @@ class Member:
         out.events.append(Registered(name, policy.group_id, server[0], kek, spis, event.seq))
 
     def _close(self, out: _Collector, connection: Connection, now: float) -> None:
-        """Delete the IKE SA (or drop Phase 1 in progress); waiting registrations start over."""
+        """Delete the IKE SA (or drop Phase 1 in progress); registrations waiting or under way start over."""
         self._forget(connection)
+        if connection.pull is not None:
+            connection.queue.appendleft(connection.pull.vpn)
+            connection.pull = None
         if connection.phase1.state is InitiatorState.ESTABLISHED:
             self._phase1_result(out, connection, connection.phase1.delete(now), now)
         else:
