@@ -1,0 +1,216 @@
+"""The steering plan as ``ip`` commands, and how ``Steering`` installs and removes them (no root: a fake ``ip``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from ipaddress import ip_network
+
+import pytest
+
+from groupvpn.dataplane.spd import Selector
+from groupvpn.dataplane.steering import (
+    IpFailed,
+    Steering,
+    SteeringError,
+    SteeringPlan,
+    key_server_bypass,
+    selector_arguments,
+)
+from groupvpn.wire.numbers import IpProtocol
+
+KS = "198.18.0.1"
+
+
+def plan(**changes: object) -> SteeringPlan:
+    fields: dict[str, object] = {
+        "outbound_tun": "tout",
+        "inbound_tun": "tin",
+        "lan": ("lan",),
+        "wan": ("wan",),
+        "outbound_table": 100,
+        "inbound_table": 101,
+        "priority": 500,
+    }
+    fields.update(changes)
+    return SteeringPlan(**fields)  # type: ignore[arg-type]
+
+
+def adds(p: SteeringPlan) -> list[str]:
+    return [f"-{c.family} {' '.join(c.add)}" for c in p.commands]
+
+
+def test_routes_come_first_then_bypass_then_steering() -> None:
+    bypass = (Selector(destination=ip_network(f"{KS}/32"), protocol=IpProtocol.UDP, destination_ports=(848, 848)),)
+    assert adds(plan(bypass=bypass)) == [
+        "-4 route add default dev tout table 100 proto 71",
+        "-4 route add blackhole default metric 4294967295 table 100 proto 71",
+        "-4 route add default dev tin table 101 proto 71",
+        "-4 route add blackhole default metric 4294967295 table 101 proto 71",
+        "-4 rule add pref 500 iif lan to 198.18.0.1/32 ipproto 17 dport 848 lookup main protocol 71",
+        "-4 rule add pref 500 iif wan to 198.18.0.1/32 ipproto 17 dport 848 lookup main protocol 71",
+        "-4 rule add pref 501 iif lan lookup 100 protocol 71",
+        "-4 rule add pref 501 iif wan ipproto 50 lookup 101 protocol 71",
+    ]
+    for command in plan(bypass=bypass).commands:
+        assert command.delete == (command.add[0], "del", *command.add[2:])
+
+
+@pytest.mark.parametrize(
+    ("selector", "arguments"),
+    [
+        (Selector(), ""),
+        (Selector(source=ip_network("198.19.0.0/16")), "from 198.19.0.0/16"),
+        (Selector(protocol=89), "ipproto 89"),
+        (Selector(protocol=6, source_ports=(179, 179)), "ipproto 6 sport 179"),
+        (Selector(protocol=17, destination_ports=(5000, 5999)), "ipproto 17 dport 5000-5999"),
+        (
+            Selector(ip_network("2001:db8:1::/48"), ip_network("2001:db8:2::/48"), 6, (1, 2), (3, 3)),
+            "from 2001:db8:1::/48 to 2001:db8:2::/48 ipproto 6 sport 1-2 dport 3",
+        ),
+    ],
+)
+def test_selectors_become_rule_selectors(selector: Selector, arguments: str) -> None:
+    assert " ".join(selector_arguments(selector)) == arguments
+
+
+def test_bypass_selectors_go_to_the_families_they_name() -> None:
+    v4, v6 = Selector(destination=ip_network("198.18.0.1/32")), Selector(destination=ip_network("2001:db8::1/128"))
+    both = Selector(protocol=89)
+    dual = plan(bypass=(v4, v6, both), families=(4, 6))
+    bypass_rules = [line for line in adds(dual) if "lookup main" in line]
+    assert sorted(line[:2] + line.split("iif")[1].split("lookup")[0] for line in bypass_rules) == sorted(
+        [
+            "-4 lan to 198.18.0.1/32 ",
+            "-4 wan to 198.18.0.1/32 ",
+            "-6 lan to 2001:db8::1/128 ",
+            "-6 wan to 2001:db8::1/128 ",
+            "-4 lan ipproto 89 ",
+            "-4 wan ipproto 89 ",
+            "-6 lan ipproto 89 ",
+            "-6 wan ipproto 89 ",
+        ]
+    )
+    assert not any("2001:db8" in line for line in adds(plan(bypass=(v6,))))
+
+
+def test_key_server_bypass_covers_both_directions_and_each_port_once() -> None:
+    selectors = key_server_bypass([KS, "198.18.0.5"], ports=(848, 500, 848))
+    assert len(selectors) == 8
+    assert Selector(destination=ip_network(f"{KS}/32"), protocol=17, destination_ports=(500, 500)) in selectors
+    assert Selector(source=ip_network("198.18.0.5/32"), protocol=17, source_ports=(848, 848)) in selectors
+
+
+def test_numbered_plans_never_share_names_tables_or_preferences() -> None:
+    first, second = (SteeringPlan.numbered(n, ["lan"], ["wan"]) for n in (0, 1))
+    assert {first.outbound_tun, first.inbound_tun}.isdisjoint({second.outbound_tun, second.inbound_tun})
+    assert {first.outbound_table, first.inbound_table}.isdisjoint({second.outbound_table, second.inbound_table})
+    assert {first.priority, first.priority + 1}.isdisjoint({second.priority, second.priority + 1})
+    assert len(SteeringPlan.numbered(99, ["lan"], ["wan"]).outbound_tun) <= 15
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"lan": ()}, "at least one LAN"),
+        ({"wan": ("lan",)}, "named twice"),
+        ({"inbound_tun": "tout"}, "named twice"),
+        ({"lan": ("a/b",)}, "not a Linux interface name"),
+        ({"lan": ("x" * 16,)}, "not a Linux interface name"),
+        ({"inbound_table": 100}, "must differ"),
+        ({"outbound_table": 254}, "reserved"),
+        ({"outbound_table": 0}, "reserved"),
+        ({"priority": 32765}, "room before the main table"),
+        ({"priority": 0}, "room before the main table"),
+        ({"families": (4, 5)}, "address families"),
+        ({"families": ()}, "address families"),
+    ],
+)
+def test_plan_errors(changes: dict[str, object], problem: str) -> None:
+    with pytest.raises(SteeringError, match=problem):
+        plan(**changes)
+
+
+class FakeIp:
+    """Answers ``ip`` like a namespace with forwarding LAN/WAN interfaces and empty tables; records changes."""
+
+    def __init__(self, fail: dict[str, str] | None = None, tables: str = "[]", forwarding: str = "on") -> None:
+        self.fail = fail or {}
+        self.tables = tables
+        self.forwarding = forwarding
+        self.changes: list[str] = []
+
+    def __call__(self, command: Sequence[str]) -> str:
+        line = " ".join(command)
+        assert line.startswith("ip -n lab ")
+        for pattern, message in self.fail.items():
+            if pattern in line:
+                raise IpFailed(command, message)
+        if " netconf show dev " in line:
+            return f"inet {command[-1]} forwarding {self.forwarding} rp_filter off mc_forwarding off\n"
+        if " route show table " in line:
+            return self.tables
+        self.changes.append(line.removeprefix("ip -n lab "))
+        return ""
+
+
+def test_apply_adds_everything_once_and_remove_deletes_it_newest_first() -> None:
+    ip = FakeIp()
+    steering = Steering(plan(), "lab", runner=ip)
+    steering.apply()
+    steering.apply()
+    assert ip.changes == adds(plan())
+    ip.changes.clear()
+    steering.remove()
+    assert ip.changes == [f"-{c.family} {' '.join(c.delete)}" for c in reversed(plan().commands)]
+    assert steering.installed == ()
+
+
+def test_what_a_predecessor_left_is_adopted_and_removed_with_the_rest() -> None:
+    ip = FakeIp(fail={"rule add pref 501 iif lan": "RTNETLINK answers: File exists"})
+    steering = Steering(plan(), "lab", runner=ip)
+    steering.apply()
+    assert len(steering.installed) == len(plan().commands)
+    ip.fail = {}
+    steering.remove()
+    assert "-4 rule del pref 501 iif lan lookup 100 protocol 71" in ip.changes
+
+
+def test_a_failure_half_way_removes_what_was_added() -> None:
+    ip = FakeIp(fail={"rule add pref 501 iif wan": "RTNETLINK answers: Invalid argument"})
+    steering = Steering(plan(), "lab", runner=ip)
+    with pytest.raises(SteeringError, match="Invalid argument"):
+        steering.apply()
+    added = [line for line in ip.changes if " add " in line]
+    deleted = [line for line in ip.changes if " del " in line]
+    assert [line.replace(" del ", " add ") for line in deleted] == list(reversed(added))
+    assert steering.installed == ()
+
+
+def test_removal_tolerates_what_is_already_gone_and_reports_the_rest() -> None:
+    ip = FakeIp()
+    steering = Steering(plan(), "lab", runner=ip)
+    steering.apply()
+    ip.fail = {
+        "route del default dev tin": 'Cannot find device "tin"',
+        "rule del pref 501 iif lan": "Operation not permitted",
+    }
+    with pytest.raises(SteeringError, match="Operation not permitted"):
+        steering.remove()
+    assert steering.installed == ()  # everything else was still deleted
+    assert sum(" del " in line for line in ip.changes) == len(plan().commands) - 2
+
+
+def test_tables_holding_other_routes_are_refused_before_anything_changes() -> None:
+    ip = FakeIp(tables='[{"dst":"default","gateway":"198.18.0.9","protocol":"static"}]')
+    with pytest.raises(SteeringError, match="table 100 is in use"):
+        Steering(plan(), "lab", runner=ip).apply()
+    assert ip.changes == []
+    ours = FakeIp(tables='[{"type":"blackhole","dst":"default","protocol":"71","metric":4294967295}]')
+    Steering(plan(), "lab", runner=ours).apply()
+
+
+def test_interfaces_must_exist_and_forward() -> None:
+    with pytest.raises(SteeringError, match="there is no interface wan"):
+        Steering(plan(), "lab", runner=FakeIp(fail={"netconf show dev wan": 'Device "wan" does not exist.'})).apply()
+    with pytest.raises(SteeringError, match=r"lan does not forward IPv4 \(net.ipv4.conf.lan.forwarding is 0\)"):
+        Steering(plan(), "lab", runner=FakeIp(forwarding="off")).apply()
