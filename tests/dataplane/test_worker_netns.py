@@ -1,0 +1,223 @@
+"""The data plane between two real members: steering, TUNs, worker processes, ESP on the WAN.
+
+Both members run a ``Dataplane`` (two workers each) with the same static
+group policy; hosts behind them talk through it.  A capture on the WAN
+router's link to member A shows what actually crosses the WAN.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dpkt
+import pytest
+from dataplane_packets import GCM128, keys_for
+from member_pair import DENIED_PORT, HOST_A, HOST_B, ROUTER_B, MemberPair, ip, policy
+
+from groupvpn.dataplane.manager import Dataplane, DataplaneDescription
+from groupvpn.dataplane.steering import SteeringPlan, key_server_bypass
+from groupvpn.runtime.netns import socket_in
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(
+        os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("ip", "ping", "tcpdump")),
+        reason="needs root, iproute2, ping and tcpdump",
+    ),
+]
+
+KS = ROUTER_B  # stands in for a key server: control traffic to it must bypass the VPN
+TIMEOUT = 10.0
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[MemberPair]:
+    pair = MemberPair.unique()
+    try:
+        pair.build()
+        yield pair
+    finally:
+        pair.remove()
+
+
+def description() -> DataplaneDescription:
+    plan = SteeringPlan.numbered(0, ["lan"], ["wan"], key_server_bypass([KS]))
+    return DataplaneDescription(plan, report_interval=0.2)
+
+
+@pytest.fixture
+def members(lab: MemberPair) -> Iterator[tuple[Dataplane, Dataplane]]:
+    started: list[Dataplane] = []
+    try:
+        for namespace in (lab.member_a, lab.member_b):
+            dataplane = Dataplane(namespace, description(), workers=2)
+            dataplane.update(policy(GCM128, keys_for(GCM128)))
+            dataplane.start()
+            started.append(dataplane)
+        yield started[0], started[1]
+    finally:
+        for dataplane in started:
+            dataplane.stop()
+
+
+@contextmanager
+def capture(namespace: str, interface: str) -> Iterator[list[dpkt.ip.IP]]:
+    """IPv4 packets seen on ``interface`` while the block runs (filled in when it ends)."""
+    packets: list[dpkt.ip.IP] = []
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "wan.pcap"
+        options = ("-n", "-U", "--immediate-mode", "-B", "8192")  # every packet written at once, none lost at the end
+        tcpdump = subprocess.Popen(
+            ["ip", "netns", "exec", namespace, "tcpdump", "-i", interface, *options, "-w", str(path), "ip"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert tcpdump.stderr is not None
+            assert "listening on" in tcpdump.stderr.readline(), "tcpdump did not start"
+            yield packets
+            time.sleep(0.2)  # let the last packets reach the file
+        finally:
+            tcpdump.terminate()
+            tcpdump.wait(TIMEOUT)
+        with path.open("rb") as pcap:
+            packets.extend(dpkt.ethernet.Ethernet(frame).data for _, frame in dpkt.pcap.Reader(pcap))
+
+
+def ping(namespace: str, address: str, count: int = 3) -> bool:
+    done = subprocess.run(
+        ["ip", "netns", "exec", namespace, "ping", "-c", str(count), "-i", "0.2", "-W", "2", "-n", address],
+        capture_output=True,
+        timeout=TIMEOUT + count,
+    )
+    return done.returncode == 0
+
+
+def udp_socket(namespace: str, address: str, port: int) -> socket.socket:
+    sock = socket_in(namespace, socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((address, port))
+    sock.settimeout(TIMEOUT)
+    return sock
+
+
+def tcp_round_trip(lab: MemberPair, payload: bytes) -> bytes:
+    """Send ``payload`` from host A to host B over TCP; the SHA-256 host B computed of what it received."""
+    listener = socket_in(lab.host_b, socket.AF_INET, socket.SOCK_STREAM)
+    client = socket_in(lab.host_a, socket.AF_INET, socket.SOCK_STREAM)
+    with listener, client:
+        listener.bind((HOST_B, 0))
+        listener.listen(1)
+        listener.settimeout(TIMEOUT)
+
+        def serve() -> None:
+            connection, _ = listener.accept()
+            with connection:
+                connection.settimeout(TIMEOUT)
+                digest = hashlib.sha256()
+                while chunk := connection.recv(65536):
+                    digest.update(chunk)
+                connection.sendall(digest.digest())
+
+        server = threading.Thread(target=serve)
+        server.start()
+        client.settimeout(TIMEOUT)
+        client.connect(listener.getsockname())
+        client.sendall(payload)
+        client.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := client.recv(64):
+            answer += chunk
+        server.join(TIMEOUT)
+        return answer
+
+
+def between_hosts(packets: list[dpkt.ip.IP]) -> list[dpkt.ip.IP]:
+    hosts = {socket.inet_aton(HOST_A), socket.inet_aton(HOST_B)}
+    return [p for p in packets if {p.src, p.dst} == hosts]
+
+
+def test_hosts_talk_through_esp_with_their_own_addresses_on_the_wan(lab: MemberPair, members) -> None:
+    member_a, member_b = members
+    payload = os.urandom(300_000)
+    with capture(lab.wan, "to-a") as wan:
+        assert ping(lab.host_a, HOST_B)
+        with udp_socket(lab.host_a, HOST_A, 0) as a, udp_socket(lab.host_b, HOST_B, 7000) as b:
+            a.sendto(b"ping over udp", (HOST_B, 7000))
+            message, sender = b.recvfrom(100)
+            b.sendto(message.upper(), sender)
+            assert a.recvfrom(100) == (b"PING OVER UDP", (HOST_B, 7000))
+        assert tcp_round_trip(lab, payload) == hashlib.sha256(payload).digest()
+
+    crossing = between_hosts(wan)
+    assert crossing and all(p.p == dpkt.ip.IP_PROTO_ESP for p in crossing), "cleartext between the hosts on the WAN"
+    directions = {(socket.inet_ntoa(p.src), socket.inet_ntoa(p.dst)) for p in crossing}
+    assert directions == {(HOST_A, HOST_B), (HOST_B, HOST_A)}
+    assert len(crossing) >= 6 + 2 + len(payload) // 1500  # pings, UDP, TCP segments at the least
+
+    a_counts, b_counts = member_a.counters(wait=TIMEOUT), member_b.counters(wait=TIMEOUT)
+    for counts in (a_counts, b_counts):
+        assert counts["workers_running"] == 2 and counts["policy_version"] == 1
+        assert counts["encrypted_packets"] > 0 and counts["write_errors"] == 0
+    sent_by_a = sum(1 for p in crossing if p.src == socket.inet_aton(HOST_A))
+    assert a_counts["encrypted_packets"] == sent_by_a == b_counts["decrypted_packets"]
+
+
+def test_denied_traffic_passes_in_clear(lab: MemberPair, members) -> None:
+    member_a, _ = members
+    with capture(lab.wan, "to-a") as wan:
+        with udp_socket(lab.host_a, HOST_A, 0) as a, udp_socket(lab.host_b, HOST_B, DENIED_PORT) as b:
+            a.sendto(b"denied by policy", (HOST_B, DENIED_PORT))
+            assert b.recvfrom(100)[0] == b"denied by policy"
+    (clear,) = between_hosts(wan)
+    assert clear.p == dpkt.ip.IP_PROTO_UDP and clear.data.data == b"denied by policy"
+    assert member_a.counters(wait=TIMEOUT)["clear_packets"] == 1
+
+
+def test_traffic_without_a_rule_is_dropped_and_counted(lab: MemberPair, members) -> None:
+    member_a, _ = members
+    assert not ping(lab.host_a, "198.18.2.1", count=2)  # the WAN router: no rule covers it
+    counts = member_a.counters(wait=TIMEOUT)
+    assert counts["drops"] == {"no_policy": 2} and counts["encrypted_packets"] == 0
+
+
+def test_key_server_traffic_never_enters_the_data_plane(lab: MemberPair, members) -> None:
+    member_a, _ = members
+    with capture(lab.wan, "to-a") as wan:
+        with udp_socket(lab.host_a, HOST_A, 0) as a, udp_socket(lab.wan, KS, 848) as ks:
+            a.sendto(b"gdoi", (KS, 848))
+            assert ks.recvfrom(100)[0] == b"gdoi"
+    assert [p.data.data for p in wan if p.p == dpkt.ip.IP_PROTO_UDP] == [b"gdoi"]
+    assert member_a.counters(wait=TIMEOUT)["outbound_packets"] == 0
+
+
+def test_stop_puts_the_namespace_back_as_it_was(lab: MemberPair) -> None:
+    def state() -> tuple[str, ...]:
+        return (
+            ip("-n", lab.member_a, "rule", "list"),
+            ip("-n", lab.member_a, "-6", "rule", "list"),
+            ip("-n", lab.member_a, "route", "show", "table", "all"),
+            json.dumps(sorted(link["ifname"] for link in json.loads(ip("-n", lab.member_a, "-j", "link", "show")))),
+        )
+
+    before = state()
+    dataplane = Dataplane(lab.member_a, description(), workers=2)
+    dataplane.start()
+    try:
+        during = state()
+        assert "lookup 7100" in during[0] and "gvpn0o" in during[3] and "gvpn0i" in during[3]
+    finally:
+        dataplane.stop()
+    assert state() == before
+    dataplane.stop()  # twice is harmless
