@@ -9,10 +9,8 @@ open), and this command exits 0, or 1 with the reason it did not start.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from ..config.errors import ConfigError
 from ..runtime import daemon
 from ..runtime.ks_daemon import KeyServerDaemon, load
 from .show import ROLE_SOCKETS
@@ -36,17 +34,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     config = args.config.resolve()
-    try:
-        load(config)
-    except ConfigError as err:
-        for problem in err.problems:
-            print(f"{config}: {problem}", file=sys.stderr)
-        return daemon.EXIT_FAILED
-    except ValueError as err:
-        print(f"{config}: {err}", file=sys.stderr)
-        return daemon.EXIT_FAILED
-    except OSError as err:
-        print(f"groupvpn ks: cannot read {config}: {err.strerror}", file=sys.stderr)
+    if daemon.check_config("ks", config, load) is None:
         return daemon.EXIT_FAILED
     state_dir = None if args.state_dir is None else args.state_dir.resolve()
     return daemon.run(

@@ -19,8 +19,9 @@ import sys
 from collections.abc import Awaitable, Callable
 from ipaddress import ip_address
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from ..config.errors import ConfigError
 from ..ike.sa import Address
 from .control import ControlServer, Request
 from .netns import socket_in
@@ -31,6 +32,9 @@ LOG_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s: %(message)s"
 DEFAULT_LOG_DIR = Path("/var/log/groupvpn")
 EXIT_OK = 0
 EXIT_FAILED = 1
+
+T = TypeVar("T")
+Loader = Callable[[Path], T]
 
 
 class StartupError(Exception):
@@ -45,6 +49,34 @@ class Service(Protocol):
     def reload(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+def check_config(name: str, path: Path, load: Loader[T]) -> T | None:
+    """For the starting command: the configuration, or None after printing each problem on stderr.
+
+    ``load`` raises ``ConfigError`` (problems with positions), another
+    ``ValueError`` (a setting the daemon cannot serve) or ``OSError``.
+    """
+    try:
+        return load(path)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"{path}: {problem}", file=sys.stderr)
+    except ValueError as err:
+        print(f"{path}: {err}", file=sys.stderr)
+    except OSError as err:
+        print(f"groupvpn {name}: cannot read {path}: {err.strerror}", file=sys.stderr)
+    return None
+
+
+def load_config(path: Path, load: Loader[T]) -> T:
+    """For a starting service: the configuration, or ``StartupError`` saying why not."""
+    try:
+        return load(path)
+    except ValueError as err:  # ConfigError among them
+        raise StartupError(f"{path} is invalid:\n{err}") from None
+    except OSError as err:
+        raise StartupError(f"cannot read {path}: {err.strerror}") from None
 
 
 def configure_logging(log_file: Path | None, level: int = logging.INFO) -> None:

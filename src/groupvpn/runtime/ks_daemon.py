@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config.errors import ConfigError
 from ..config.model import KeyServerConfig, ServerGroup, load_server
 from ..config.values import CommunicationType
 from ..crypto.errors import CryptoError
@@ -47,7 +46,7 @@ from ..ks.views import (
 )
 from ..wire.numbers import NotifyType, SigAlgorithm, name_of
 from .control import ControlError, Request
-from .daemon import StartupError, udp_socket
+from .daemon import StartupError, load_config, udp_socket
 from .udp import UdpDriver
 
 log = logging.getLogger("groupvpn.ks")
@@ -72,7 +71,7 @@ class KsConfig:
 
 
 def load(path: Path) -> KsConfig:
-    """Read and check ``path``; ``ConfigError`` (every problem, with positions), ``ValueError`` or ``OSError``."""
+    """Read and check ``path``: ``ConfigError`` (every problem, at its position), another ``ValueError`` or ``OSError``."""
     model = load_server(path.read_text())
     return KsConfig(
         ServerSettings(
@@ -172,12 +171,7 @@ class KeyServerDaemon:
 
     @classmethod
     async def start(cls, config_path: Path, state_dir: Path | None = None) -> KeyServerDaemon:
-        try:
-            config = load(config_path)
-        except (ConfigError, ValueError) as err:
-            raise StartupError(f"{config_path} is invalid:\n{err}") from None
-        except OSError as err:
-            raise StartupError(f"cannot read {config_path}: {err.strerror}") from None
+        config = load_config(config_path, load)
         path = state_path(config, state_dir)
         try:
             store = KeyStore(path)
@@ -224,7 +218,7 @@ class KeyServerDaemon:
         """Re-read the configuration; apply it if valid, else keep serving the running one."""
         try:
             config = load(self.config_path)
-        except (ConfigError, ValueError, OSError) as err:
+        except (ValueError, OSError) as err:  # ConfigError among them
             log.error("reload of %s refused, still serving the previous configuration: %s", self.config_path, err)
             return
         if (config.listen, config.routing_instance) != (self.config.listen, self.config.routing_instance):
