@@ -15,7 +15,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config.errors import ConfigError
 from ..runtime import daemon
 from ..runtime.control import ControlError, call
 from ..runtime.member_daemon import MemberDaemon, load
@@ -49,17 +48,7 @@ def run(args: argparse.Namespace) -> int:
         print("groupvpn member: --config FILE is required to start the daemon", file=sys.stderr)
         return daemon.EXIT_FAILED
     config = args.config.resolve()
-    try:
-        load(config)
-    except ConfigError as err:
-        for problem in err.problems:
-            print(f"{config}: {problem}", file=sys.stderr)
-        return daemon.EXIT_FAILED
-    except ValueError as err:
-        print(f"{config}: {err}", file=sys.stderr)
-        return daemon.EXIT_FAILED
-    except OSError as err:
-        print(f"groupvpn member: cannot read {config}: {err.strerror}", file=sys.stderr)
+    if daemon.check_config("member", config, load) is None:
         return daemon.EXIT_FAILED
     return daemon.run(
         "member",

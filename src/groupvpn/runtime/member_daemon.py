@@ -23,7 +23,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..config.errors import ConfigError
 from ..config.model import MemberVpn, load_member
 from ..gm.member import (
     AttemptFailed,
@@ -51,7 +50,7 @@ from ..gm.views import (
 )
 from ..wire.numbers import GDOI_PORT
 from .control import ControlError, Request
-from .daemon import StartupError, udp_socket
+from .daemon import StartupError, load_config, udp_socket
 from .netlink import Link, LinkWatcher
 from .udp import UdpDriver
 
@@ -140,12 +139,7 @@ class MemberDaemon:
 
     @classmethod
     async def start(cls, config_path: Path) -> MemberDaemon:
-        try:
-            config = load(config_path)
-        except (ConfigError, ValueError) as err:
-            raise StartupError(f"{config_path} is invalid:\n{err}") from None
-        except OSError as err:
-            raise StartupError(f"cannot read {config_path}: {err.strerror}") from None
+        config = load_config(config_path, load)
         daemon = cls(config_path)
         try:
             await daemon._apply(config)
@@ -220,7 +214,7 @@ class MemberDaemon:
         """Apply the configuration file again; ``ControlError`` with every problem if it is invalid."""
         try:
             config = load(self.config_path)
-        except (ConfigError, ValueError, OSError) as err:
+        except (ValueError, OSError) as err:  # ConfigError among them
             log.error("reload of %s refused, still running the previous configuration: %s", self.config_path, err)
             raise ControlError(f"{self.config_path} is invalid; the running configuration stays:\n{err}") from None
         try:
