@@ -32,8 +32,10 @@ security {
             (
                 6,
                 21,
-                "unknown statement 'encryptoin-algorithm' under 'security group-vpn member ike proposal p1' "
-                f"(expected one of: {PROPOSAL_CHILDREN})",
+                (
+                    "unknown statement 'encryptoin-algorithm' under 'security group-vpn member ike proposal p1' "
+                    f"(expected one of: {PROPOSAL_CHILDREN})"
+                ),
             )
         ],
     ),
@@ -110,10 +112,12 @@ security {
     ),
     (
         "an unbracketed list ends at the next keyword",
-        "security { group-vpn { member { ike { gateway g1 {\n"
-        "    server-address 198.18.1.1 198.18.1.2\n"
-        "    local-address 198.18.0.2;\n"
-        "} } } } }",
+        (
+            "security { group-vpn { member { ike { gateway g1 {\n"
+            "    server-address 198.18.1.1 198.18.1.2\n"
+            "    local-address 198.18.0.2;\n"
+            "} } } } }"
+        ),
         [(2, 41, "missing ';' after 'server-address 198.18.1.1 198.18.1.2'")],
     ),
     (
@@ -163,11 +167,13 @@ security {
     ),
     (
         "brackets",
-        "security { group-vpn { member { ike { gateway g {\n"
-        "server-address [ 198.18.1.1;\n"
-        "server-address ];\n"
-        "server-address [ [ 198.18.1.1 ] ];\n"
-        "} } } } }\n",
+        (
+            "security { group-vpn { member { ike { gateway g {\n"
+            "server-address [ 198.18.1.1;\n"
+            "server-address ];\n"
+            "server-address [ [ 198.18.1.1 ] ];\n"
+            "} } } } }\n"
+        ),
         [
             (2, 16, "'[' is never closed (missing ']')"),
             (3, 16, "unexpected ']' (no list is open)"),
@@ -253,8 +259,10 @@ SET = [
             (
                 2,
                 28,
-                "unknown statement 'bogus' under 'services service-set s' "
-                "(expected one of: interface-service, ipsec-group-vpn)",
+                (
+                    "unknown statement 'bogus' under 'services service-set s' "
+                    "(expected one of: interface-service, ipsec-group-vpn)"
+                ),
             ),
         ],
     ),
@@ -319,13 +327,29 @@ SECRET_CASES = [
         "missing ';' after 'pre-shared-key ascii-text <hidden>'",
     ),
     (POLICY % 'pre-shared-key ascii-text "hunter2-secret', "unterminated quoted string"),
+    # A list without its values takes the words after it, the key among them.
     (
-        # A stray quote earlier shifts all quoting: the key's pieces become bare words elsewhere.
-        'security { group-vpn { member { ike { policy" p {\n'
-        '    pre-shared-key ascii-text "hunter2 \\"x\\"";\n'
-        "    mode main;\n"
-        "} } } } }\n",
-        "line 2, column 32: unknown statement '<hidden>' under 'security group-vpn member ike policy <hidden>'",
+        POLICY % 'proposals\n pre-shared-key ascii-text "hunter2-secret";',
+        "line 2, column 28: a value of 'proposals' shares a line with a pre-shared key",
+    ),
+    (
+        POLICY % 'pre-shared-key ascii-text "hunter2-secret"; proposals p1;',
+        "a value of '<hidden>' shares a line with a pre-shared key; give the key a line of its own",
+    ),
+    (
+        POLICY % 'pre-shared-key ascii-text "hunter2-secret";' + " interfaces { eth0 { unit 0; } }",
+        "a <interface-name> shares a line with a pre-shared key; give the key a line of its own",
+    ),
+    (
+        # A stray quote earlier shifts all quoting: the key's pieces become bare words elsewhere,
+        # and the policy name a string holding the key's keyword.
+        (
+            'security { group-vpn { member { ike { policy" p {\n'
+            '    pre-shared-key ascii-text "hunter2 \\"x\\"";\n'
+            "    mode main;\n"
+            "} } } } }\n"
+        ),
+        "line 1, column 45: a value of 'policy' shares a line with a pre-shared key; give the key a line of its own",
     ),
     (
         'deactivate security group-vpn member ike policy p pre-shared-key hexadecimal "hunter2-secret"',

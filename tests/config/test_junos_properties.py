@@ -38,6 +38,8 @@ def _base(path: Path) -> tuple[str, object, tuple[str, ...]]:
 
 
 BASES = [_base(path) for path in sorted(FIXTURES.rglob("*.*")) if path.suffix in (".conf", ".set")]
+
+
 def _check_problems(error: ConfigError, text: str) -> None:
     lines = text.split("\n")
     assert list(error.problems) == sorted(error.problems)
@@ -65,11 +67,13 @@ def test_mutated_configurations_only_ever_raise_config_error(data):
 SECRET = 'Zq8#Wv2 kP0x-"Jy7"Lm4'
 SECRET_BASES = [
     (FIXTURES / "member.set").read_text(),
-    "security { group-vpn { member { ike { policy ks {\n"
-    "    mode main;\n"
-    '    pre-shared-key ascii-text "Zq8#Wv2 kP0x-\\"Jy7\\"Lm4"; ## SECRET-DATA\n'
-    "    proposals p1;\n"
-    "} } } } }\n",
+    (
+        "security { group-vpn { member { ike { policy ks {\n"
+        "    mode main;\n"
+        '    pre-shared-key ascii-text "Zq8#Wv2 kP0x-\\"Jy7\\"Lm4"; ## SECRET-DATA\n'
+        "    proposals p1;\n"
+        "} } } } }\n"
+    ),
 ]
 assert all(SECRET.replace('"', '\\"') in base for base in SECRET_BASES)
 # Any 4 consecutive characters of the key in a message would be a leak.

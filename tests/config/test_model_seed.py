@@ -6,8 +6,8 @@ together they are a member configuration, which must load, mean what the
 samples say, and mean the same in the ``set`` form.
 """
 
-from pathlib import Path
 from ipaddress import ip_address, ip_interface, ip_network
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +17,15 @@ from groupvpn.config.values import DfBit, Direction
 from groupvpn.wire.numbers import DhGroup, EncryptionAlgorithm, HashAlgorithm
 
 SEED = Path(__file__).parent / "fixtures" / "seed"
-CURLY = ["apply-service-set", "df-bit", "fail-open.fixed", "gdoi-ipsec.fixed", "ikev1", "service-filter", "service-set.fixed"]
+CURLY = [
+    "apply-service-set",
+    "df-bit",
+    "fail-open.fixed",
+    "gdoi-ipsec.fixed",
+    "ikev1",
+    "service-filter",
+    "service-set.fixed",
+]
 KEY = "a pre-shared key of the seed group"
 PLACEHOLDERS = {
     "<IP_KS1>": "198.18.0.1",
@@ -58,7 +66,12 @@ def set_form() -> str:
 def test_the_completed_samples_are_one_valid_member():
     config = load(curly())
     (vpn,) = config.vpns
-    assert (vpn.name, vpn.group_id, vpn.match_direction, vpn.df_bit) == ("vpn-name", 4242, Direction.OUTPUT, DfBit.CLEAR)
+    assert (vpn.name, vpn.group_id, vpn.match_direction, vpn.df_bit) == (
+        "vpn-name",
+        4242,
+        Direction.OUTPUT,
+        DfBit.CLEAR,
+    )
     gateway = vpn.gateway
     assert gateway.servers == tuple(map(ip_address, ["198.18.0.1", "198.18.0.5", "198.18.0.9", "198.18.0.13"]))
     assert (gateway.local_address, gateway.routing_instance, gateway.server_port) == (

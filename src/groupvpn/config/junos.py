@@ -447,6 +447,12 @@ class _Loader:
             if spec is None:
                 return None
             assert isinstance(item, _Token)
+            if spec.wildcard and item.hidden:
+                self._problem(
+                    _start(item),
+                    f"a <{spec.keyword}> shares a line with a pre-shared key; give the key a line of its own",
+                )
+                return None
             taken = self._values(spec, item, items, i + 1, parent, optional=deactivating)
             if taken is None:
                 return None
@@ -496,6 +502,12 @@ class _Loader:
                 i += 1
             last = tokens[-1]
         for token in tokens:
+            if token.hidden and not spec.secret:
+                # What shares a line with a key may be the key (see _secret_spans): it never
+                # becomes an ordinary value, which messages and logs would show.
+                shared = f"a value of '{_shown(keyword)}' shares a line with a pre-shared key"
+                self._problem(_start(token), f"{shared}; give the key a line of its own")
+                return None
             if spec.choices and token.text not in spec.choices:
                 choices = ", ".join(spec.choices)
                 message = f"invalid value '{_shown(token)}' for '{_shown(keyword)}' (expected one of: {choices})"

@@ -369,6 +369,14 @@ def _build(text: str, root: Statement, build: Callable[[_Checker, Node], T | Non
     return config
 
 
+def _block(checker: _Checker, tree: Node, role: Role) -> Node | None:
+    """``security group-vpn server`` or ``... member``; a problem at the start of the text if absent."""
+    block = _descend(tree, "security", "group-vpn", role.value)
+    if block is None:
+        checker.problems.append(Problem(1, 1, f"'security group-vpn {role.value}' is not configured"))
+    return block
+
+
 def _descend(node: Node | None, *keywords: str) -> Node | None:
     for keyword in keywords:
         if node is None:
@@ -533,8 +541,9 @@ def _same_version(
 
 
 def _member(checker: _Checker, tree: Node) -> MemberConfig | None:
-    member = _descend(tree, "security", "group-vpn", "member")
-    assert member is not None, "parsed with the member schema, which has it"
+    member = _block(checker, tree, Role.MEMBER)
+    if member is None:
+        return None
     policies = _ike(checker, member.child("ike"))
     gateways = _named(checker, member.child("ike"), "gateway", lambda c, node: _member_gateway(c, node, policies))
     ipsec = member.child("ipsec")
@@ -694,8 +703,9 @@ def _service_sets(
 
 
 def _server(checker: _Checker, tree: Node) -> KeyServerConfig | None:
-    server = _descend(tree, "security", "group-vpn", "server")
-    assert server is not None, "parsed with the server schema, which has it"
+    server = _block(checker, tree, Role.SERVER)
+    if server is None:
+        return None
     mark = checker.mark()
     policies = _ike(checker, server.child("ike"))
     gateways = _server_gateways(checker, server.child("ike"), policies)
@@ -943,7 +953,7 @@ def _match_policy(checker: _Checker, node: Node, label: str) -> MatchPolicy | No
         port_node = node.child(keyword)
         value = 0 if port_node is None else checker.parse(port_node, port)
         if port_node is not None and value and not number:
-            checker.report(port_node, f"{keyword} {value} needs a protocol in {label}")
+            checker.report(port_node, f"{keyword} {value} needs a protocol in {label}", 0)
         ports.append(value or 0)
     if source is not None and destination is not None:
         assert destination_node is not None

@@ -1,0 +1,108 @@
+"""Member configurations as typed values: the fixture, defaults, IPv6, several groups."""
+
+from ipaddress import ip_address, ip_interface, ip_network
+from pathlib import Path
+
+from groupvpn.config.junos import parse, render_curly
+from groupvpn.config.model import FailOpenRule, InterfaceUnit, MemberConfig, ServiceAttachment, load, load_member
+from groupvpn.config.schema import MEMBER
+from groupvpn.config.values import DfBit, Direction
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TEXT = (FIXTURES / "member.set").read_text()
+M = "set security group-vpn member "
+KEY = 'Zq8#Wv2 kP0x-"Jy7"Lm4'
+
+
+def test_the_fixture():
+    config = load(TEXT)
+    assert isinstance(config, MemberConfig)
+    (vpn,) = config.vpns
+    assert config.vpn("lan") is vpn
+    assert (vpn.group_id, vpn.match_direction, vpn.df_bit, vpn.fail_open) == (1234, Direction.OUTPUT, DfBit.COPY, ())
+    gateway = vpn.gateway
+    assert (gateway.name, gateway.servers, gateway.local_address, gateway.routing_instance, gateway.server_port) == (
+        "ks-pair",
+        (ip_address("198.18.0.1"), ip_address("198.18.0.5")),
+        ip_address("198.18.0.2"),
+        "wan",
+        848,
+    )
+    assert gateway.policy.psk.secret == KEY.encode() and KEY not in repr(config)
+    assert [s.name for s in gateway.policy.suites] == ["aes128-sha256-modp2048"]
+    eth1 = InterfaceUnit("eth1", 0, (ip_interface("198.18.0.2/30"),))
+    assert config.interfaces == (eth1,)
+    service_set = vpn.service_set
+    assert service_set is not None and config.service_sets == (service_set,)
+    assert (service_set.name, service_set.vpn, service_set.service_interface) == ("gvpn", "lan", "ms-0/0/0")
+    assert service_set.attachments == (
+        ServiceAttachment(eth1, Direction.INPUT, "bypass-bgp"),
+        ServiceAttachment(eth1, Direction.OUTPUT),
+    )
+
+
+def test_active_fail_open_rules():
+    (vpn,) = load_member(TEXT.replace("deactivate security group-vpn member ipsec vpn lan fail-open\n", "")).vpns
+    assert vpn.fail_open == (FailOpenRule("ntp", ip_network("10.1.0.0/16"), ip_network("10.0.0.123/32")),)
+
+
+def test_the_curly_form_is_the_same_configuration():
+    assert load_member(render_curly(parse(TEXT, MEMBER))) == load_member(TEXT)
+
+
+def test_defaults_ipv6_and_a_hexadecimal_key():
+    text = "".join(
+        f"{M}{line}\n"
+        for line in [
+            "ike proposal p authentication-algorithm sha-384",
+            "ike proposal p dh-group group20",
+            "ike proposal p encryption-algorithm aes-256-cbc",
+            "ike policy v6 proposals p",
+            f"ike policy v6 pre-shared-key hexadecimal {'0123456789abcdef' * 3}",
+            "ike gateway ks ike-policy v6",
+            "ike gateway ks server-address 2001:db8::1",
+            "ike gateway ks local-address 2001:db8::10",
+            "ipsec vpn v6 ike-gateway ks",
+            "ipsec vpn v6 group 4294967295",
+        ]
+    )
+    (vpn,) = load_member(text).vpns
+    assert (vpn.group_id, vpn.match_direction, vpn.df_bit, vpn.service_set) == (
+        4294967295,
+        Direction.OUTPUT,
+        DfBit.CLEAR,
+        None,
+    )
+    gateway = vpn.gateway
+    assert (gateway.servers, gateway.local_address, gateway.server_port, gateway.routing_instance) == (
+        (ip_address("2001:db8::1"),),
+        ip_address("2001:db8::10"),
+        848,
+        None,
+    )
+    assert gateway.policy.psk.secret == bytes.fromhex("0123456789abcdef" * 3)
+    assert [(s.name, s.lifetime) for s in gateway.policy.suites] == [("aes256-sha384-ecp384", 3600)]
+
+
+def test_two_groups_in_two_service_sets():
+    text = TEXT + "".join(
+        f"{line}\n"
+        for line in [
+            f"{M}ipsec vpn voice ike-gateway ks-pair",
+            f"{M}ipsec vpn voice group 77",
+            f"{M}ipsec vpn voice match-direction input",
+            f"{M}ike gateway ks-pair server-port 1848",
+            "set services service-set gvoice ipsec-group-vpn voice",
+            "set interfaces eth2 unit 5 family inet service output service-set gvoice",
+            "set interfaces eth2 unit 5 family inet address 198.18.1.1/24",
+            "set interfaces eth2 unit 5 family inet address 198.18.2.1/24",
+        ]
+    )
+    config = load_member(text)
+    voice = config.vpn("voice")
+    assert (voice.group_id, voice.match_direction, voice.gateway.server_port) == (77, Direction.INPUT, 1848)
+    eth2 = InterfaceUnit("eth2", 5, (ip_interface("198.18.1.1/24"), ip_interface("198.18.2.1/24")))
+    assert voice.service_set is not None
+    assert voice.service_set.attachments == (ServiceAttachment(eth2, Direction.OUTPUT),)
+    assert [s.name for s in config.service_sets] == ["gvpn", "gvoice"]
+    assert config.vpn("lan").service_set is not None and config.vpn("lan").service_set.name == "gvpn"
