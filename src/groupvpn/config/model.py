@@ -19,13 +19,16 @@ Defaults and ranges (Junos's where Junos states one; seconds unless said):
 * member gateway: ``ike-policy``, 1 to 4 ``server-address`` (tried in
   order) and ``local-address`` of the same IP version required;
   ``server-port`` default 848.
-* member VPN: ``ike-gateway`` and ``group`` (1..2^32-1, one VPN per group)
-  required; ``match-direction`` default output; ``df-bit`` default clear;
-  at most 10 fail-open rules, each with both addresses.
+* member VPN (at least one): ``ike-gateway`` and ``group`` (1..2^32-1, one
+  VPN per group) required; ``match-direction`` default output; ``df-bit``
+  default clear; at most 10 fail-open rules, each with both addresses.
+* service set: exactly one ``ipsec-group-vpn``, and a VPN in at most one
+  service set; interfaces are Linux interface names, units 0..16384,
+  ``family inet`` addresses IPv4 address/length.
 * key server: its one address is ``listen-address`` or else the groups'
   ``server-address``; every ``server-address`` and gateway ``local-address``
-  must equal it.  ``port`` default 848; ``state-file`` default
-  /var/lib/groupvpn/ks.db.
+  must equal it.  ``port`` default 848; ``state-file`` (an absolute path)
+  default /var/lib/groupvpn/ks.db.
 * server gateway: ``ike-policy`` and either ``address`` (members' addresses)
   or ``any-address`` (the group-wide key) required.  An address has one key
   and there is one group-wide key, since Main Mode picks the key by address.
@@ -33,7 +36,7 @@ Defaults and ranges (Junos's where Junos states one; seconds unless said):
   ``authentication-algorithm`` required for CBC ciphers and refused for GCM
   (which has its own integrity); ``lifetime-seconds`` 10..2592000 (the
   policy model's bounds), default 3600.
-* group: ``group-id`` (unique), ``ike-gateway`` and at least one
+* group (at least one): ``group-id`` (unique), ``ike-gateway`` and at least one
   ``ipsec-sa`` required; ``rekey-percentage`` 1..50, default 10;
   activation/deactivation delays 0..65535, absent by default;
   ``anti-replay-time-window`` 1..65535 or ``no-anti-replay`` (window 0),
@@ -43,7 +46,8 @@ Defaults and ranges (Junos's where Junos states one; seconds unless said):
   signatures, RFC 8263 acks requested; ``retransmission-period`` 1..600,
   default 10; ``number-of-retransmission`` 0..10, default 2 (for multicast,
   the number of repeats); ``multicast-group`` (a multicast address) required
-  with multicast and refused without, ``multicast-port`` default 848.
+  with multicast and refused without, ``multicast-port`` default 848;
+  ``signing-key`` an absolute path.
 * ipsec-sa: ``proposal`` required; one ``permit`` match-policy, or two that
   are mirror images (A-B and B-A), since the TEK they share pairs them
   that way (RFC 6407 §5.5); any number of ``deny`` ones.
