@@ -7,26 +7,32 @@ router's link to member A shows what actually crosses the WAN.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import dpkt
 import pytest
 from dataplane_packets import GCM128, keys_for
-from member_pair import DENIED_PORT, HOST_A, HOST_B, ROUTER_B, MemberPair, ip, policy
+from member_pair import DENIED_PORT, HOST_A, HOST_B, ROUTER_B, SPI, MemberPair, ip, policy
 
+from groupvpn.crypto.suites import EspKeys
+from groupvpn.dataplane.channel import PolicyState
 from groupvpn.dataplane.manager import Dataplane, DataplaneDescription
-from groupvpn.dataplane.steering import SteeringPlan, key_server_bypass
+from groupvpn.dataplane.steering import SteeringError, SteeringPlan, key_server_bypass
 from groupvpn.runtime.netns import socket_in
 
 pytestmark = [
@@ -40,6 +46,7 @@ pytestmark = [
 
 KS = ROUTER_B  # stands in for a key server: control traffic to it must bypass the VPN
 TIMEOUT = 10.0
+NEW_SPI = SPI + 1
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +104,10 @@ def capture(namespace: str, interface: str) -> Iterator[list[dpkt.ip.IP]]:
 
 
 def ping(namespace: str, address: str, count: int = 3) -> bool:
+    """Whether every one of ``count`` echo requests was answered (within ``count`` + 2 seconds)."""
+    deadline = str(count + 2)
     done = subprocess.run(
-        ["ip", "netns", "exec", namespace, "ping", "-c", str(count), "-i", "0.2", "-W", "2", "-n", address],
+        ["ip", "netns", "exec", namespace, "ping", "-c", str(count), "-w", deadline, "-i", "0.2", "-n", address],
         capture_output=True,
         timeout=TIMEOUT + count,
     )
@@ -159,6 +168,7 @@ def test_hosts_talk_through_esp_with_their_own_addresses_on_the_wan(lab: MemberP
             b.sendto(message.upper(), sender)
             assert a.recvfrom(100) == (b"PING OVER UDP", (HOST_B, 7000))
         assert tcp_round_trip(lab, payload) == hashlib.sha256(payload).digest()
+        a_counts, b_counts = settled(member_a, member_b)  # the last TCP segments may still be on their way
 
     crossing = between_hosts(wan)
     assert crossing and all(p.p == dpkt.ip.IP_PROTO_ESP for p in crossing), "cleartext between the hosts on the WAN"
@@ -166,12 +176,22 @@ def test_hosts_talk_through_esp_with_their_own_addresses_on_the_wan(lab: MemberP
     assert directions == {(HOST_A, HOST_B), (HOST_B, HOST_A)}
     assert len(crossing) >= 6 + 2 + len(payload) // 1500  # pings, UDP, TCP segments at the least
 
-    a_counts, b_counts = member_a.counters(wait=TIMEOUT), member_b.counters(wait=TIMEOUT)
     for counts in (a_counts, b_counts):
         assert counts["workers_running"] == 2 and counts["policy_version"] == 1
         assert counts["encrypted_packets"] > 0 and counts["write_errors"] == 0
     sent_by_a = sum(1 for p in crossing if p.src == socket.inet_aton(HOST_A))
     assert a_counts["encrypted_packets"] == sent_by_a == b_counts["decrypted_packets"]
+
+
+def settled(a: Dataplane, b: Dataplane) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both members' counters once everything each one encrypted has been decrypted by the other."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        counts = a.counters(wait=TIMEOUT), b.counters(wait=TIMEOUT)
+        in_step = all(x["encrypted_packets"] == y["decrypted_packets"] for x, y in (counts, counts[::-1]))
+        if in_step or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.05)
 
 
 def test_denied_traffic_passes_in_clear(lab: MemberPair, members) -> None:
@@ -187,9 +207,22 @@ def test_denied_traffic_passes_in_clear(lab: MemberPair, members) -> None:
 
 def test_traffic_without_a_rule_is_dropped_and_counted(lab: MemberPair, members) -> None:
     member_a, _ = members
-    assert not ping(lab.host_a, "198.18.2.1", count=2)  # the WAN router: no rule covers it
-    counts = member_a.counters(wait=TIMEOUT)
-    assert counts["drops"] == {"no_policy": 2} and counts["encrypted_packets"] == 0
+    with udp_socket(lab.host_a, HOST_A, 0) as a, udp_socket(lab.wan, ROUTER_B, 7000) as router:
+        for _ in range(2):
+            a.sendto(b"no rule covers the WAN router", (ROUTER_B, 7000))
+        counts = eventually(member_a, lambda c: c["dropped_packets"] >= 2)
+        assert counts["drops"] == {"no_policy": 2} and counts["encrypted_packets"] == 0
+        router.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            router.recv(100)
+
+
+def eventually(dataplane: Dataplane, done: Callable[[dict[str, object]], bool]) -> dict[str, object]:
+    """The data plane's counters once ``done`` holds for them (packets may still be queued for a worker)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not done(counts := dataplane.counters(wait=TIMEOUT)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return counts
 
 
 def test_key_server_traffic_never_enters_the_data_plane(lab: MemberPair, members) -> None:
@@ -221,3 +254,81 @@ def test_stop_puts_the_namespace_back_as_it_was(lab: MemberPair) -> None:
         dataplane.stop()
     assert state() == before
     dataplane.stop()  # twice is harmless
+
+
+def test_a_rekey_moves_encryption_to_the_new_sa_without_losing_a_packet(lab: MemberPair, members) -> None:
+    """New SA accepted everywhere, then used for encryption, then the old one retired (sadb's order)."""
+    old = policy(GCM128, keys_for(GCM128))
+    new_sa = replace(old.sas[0], spi=NEW_SPI, keys=EspKeys(os.urandom(GCM128.encryption_key_size)))
+    steps = [
+        PolicyState(2, old.rules, (*old.sas, new_sa), old.encrypting),
+        PolicyState(3, old.rules, (*old.sas, new_sa), {"a-b": NEW_SPI, "b-a": NEW_SPI}),
+        PolicyState(4, old.rules, (new_sa,), {"a-b": NEW_SPI, "b-a": NEW_SPI}),
+    ]
+    spis = []
+    for state in steps:
+        with capture(lab.wan, "to-a") as wan:
+            for dataplane in members:
+                dataplane.update(state)
+            assert ping(lab.host_a, HOST_B, count=2)
+        spis.append({p.data.spi for p in between_hosts(wan)})
+    assert spis == [{SPI}, {NEW_SPI}, {NEW_SPI}]
+    assert all(d.counters(wait=TIMEOUT)["policy_version"] == 4 for d in members)
+
+
+def test_reports_reach_the_daemons_event_loop(lab: MemberPair, members) -> None:
+    member_a, _ = members
+
+    async def watch() -> dict[str, object]:
+        loop = asyncio.get_running_loop()
+        member_a.attach(loop)
+        try:
+            assert await loop.run_in_executor(None, ping, lab.host_a, HOST_B, 2)
+            deadline = loop.time() + TIMEOUT
+            while member_a.counters()["encrypted_packets"] < 2 and loop.time() < deadline:
+                await asyncio.sleep(0.05)  # periodic reports arrive every 0.2 s
+            return member_a.counters()
+        finally:
+            member_a.detach()
+
+    assert asyncio.run(watch())["encrypted_packets"] == 2
+
+
+def test_a_dead_worker_hands_its_flows_to_the_others(lab: MemberPair, members) -> None:
+    member_a, _ = members
+    os.kill(member_a.worker_pids[0], signal.SIGKILL)
+    deadline = time.monotonic() + TIMEOUT
+    while member_a.workers_running == 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert member_a.workers_running == 1
+    member_a.update(policy(GCM128, keys_for(GCM128), version=2))  # the survivor still takes policies
+    for port in range(7000, 7008):  # flows that hashed to either queue
+        with udp_socket(lab.host_a, HOST_A, 0) as a, udp_socket(lab.host_b, HOST_B, port) as b:
+            a.sendto(b"still here", (HOST_B, port))
+            assert b.recvfrom(100)[0] == b"still here"
+    counts = member_a.counters(wait=TIMEOUT)
+    assert (counts["workers"], counts["workers_running"], counts["policy_version"]) == (2, 1, 1)
+
+
+def test_a_failed_start_leaves_nothing_behind(lab: MemberPair) -> None:
+    before = ip("-n", lab.member_a, "link", "show"), ip("-n", lab.member_a, "rule", "list")
+    broken = DataplaneDescription(SteeringPlan.numbered(0, ["lan"], ["nosuch"]))
+    dataplane = Dataplane(lab.member_a, broken, workers=2)
+    with pytest.raises(SteeringError, match="there is no interface nosuch"):
+        dataplane.start()
+    assert (ip("-n", lab.member_a, "link", "show"), ip("-n", lab.member_a, "rule", "list")) == before
+    assert dataplane.worker_pids == () and not worker_children()
+
+
+def worker_children() -> list[int]:
+    """Our child processes that run a data plane worker."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == os.getpid() and b"groupvpn.dataplane.worker" in command:
+            found.append(int(stat.parent.name))
+    return found

@@ -3,6 +3,10 @@
 ``Dataplane`` creates the two TUN devices (one queue per worker), starts
 one worker process per CPU on them, and only once every worker is ready
 installs the steering, so no packet is steered into a TUN nobody reads.
+From then on only the workers hold the queues: a worker that dies takes
+its queue with it and the kernel moves its flows to the others; when the
+last one is gone the devices go too, and the steering tables' blackhole
+routes discard the traffic (the data plane fails closed).
 ``update`` hands a new ``PolicyState`` to every worker; each swaps it in
 whole between two batches.  Reports flow back on the channels: the daemon
 either registers them with its event loop (``attach``) or lets
@@ -10,9 +14,8 @@ either registers them with its event loop (``attach``) or lets
 except ``start`` (bounded, before traffic flows) and ``counters(wait=...)``.
 
 ``stop`` removes the steering first (traffic no longer enters the TUNs),
-then closes the channels (workers exit on end of file; stragglers are
-killed after a grace period) and finally the TUNs, which takes the devices
-away.  A ``Dataplane`` is started once: the workers' IV counters live as
+then closes the channels: workers exit on end of file (stragglers are
+killed after a grace period) and the devices disappear with them.  A ``Dataplane`` is started once: the workers' IV counters live as
 long as it does, and a new one must come with new Sender IDs (a new
 registration) for counter-mode SAs.
 """
@@ -135,6 +138,7 @@ class Dataplane:
             for index in range(self.workers):
                 self._spawn(index, icmp_sources)
             self._await_ready(time.monotonic() + timeout)
+            self._release_tuns()
             self.steering.apply()
         except BaseException:
             self.stop()
@@ -211,11 +215,14 @@ class Dataplane:
                 handle.process.kill()
                 handle.process.wait()
         self._handles = []
+        self._release_tuns()
+        if problem is not None:
+            raise problem
+
+    def _release_tuns(self) -> None:
         for tun in self._tuns:
             tun.close()
         self._tuns = []
-        if problem is not None:
-            raise problem
 
     def __enter__(self) -> Dataplane:
         self.start()
@@ -227,14 +234,16 @@ class Dataplane:
     # -- policy -------------------------------------------------------------------------
 
     def update(self, state: PolicyState) -> None:
-        """Make ``state`` the policy of every worker (each swaps it in whole); before ``start`` it is kept for it."""
+        """Make ``state`` the policy of every running worker (each swaps it in whole); before ``start``, of all."""
         self._state = state
         data = encode(state)
+        self._collect()  # notice workers that have exited
         for handle in self._handles:
-            self._send(handle, data)
+            if handle.open:
+                self._send(handle, data)
 
     def _send(self, handle: _WorkerHandle, data: bytes) -> None:
-        if not handle.open or not self._try_send(handle, data):
+        if not self._try_send(handle, data):
             raise DataplaneError(f"worker {handle.index} is not reading its channel (status {handle.process.poll()})")
 
     @staticmethod
@@ -322,6 +331,10 @@ class Dataplane:
             if not waiting or remaining <= 0:
                 return
             select.select([h.channel for h in waiting], [], [], remaining)
+
+    @property
+    def worker_pids(self) -> tuple[int, ...]:
+        return tuple(h.process.pid for h in self._handles)
 
     @property
     def workers_running(self) -> int:
