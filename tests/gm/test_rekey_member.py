@@ -43,13 +43,12 @@ from groupvpn.gm.rekey import (
     PullRekeyStarted,
     PushApplied,
     PushDropped,
-    RekeyingSaDatabase,
     RekeyOutput,
     Removed,
     SaActivated,
     SaDeactivated,
 )
-from groupvpn.gm.sadb import HANDOVER, Expired
+from groupvpn.gm.sadb import HANDOVER, Expired, SaDatabase
 from groupvpn.ike.events import Datagram
 from groupvpn.ike.informational import open_protected
 from groupvpn.ks.keys import GroupConfig, GroupKeys, KekConfig, KeySet, TekConfig
@@ -108,7 +107,7 @@ class Lab:
 
     keys: GroupKeys
     engine: RekeyEngine
-    sadb: RekeyingSaDatabase
+    sadb: SaDatabase
     gm: GroupRekey
     now: float = T0
     reachable: bool = True  # pushes reach the member
@@ -240,7 +239,7 @@ def store(tmp_path):
 
 def make_lab(store: KeyStore, config: GroupConfig | None = None, member_seed: str = "member") -> Lab:
     keys = GroupKeys(store, config or group_config(), rng=SeededRng("ks"))
-    sadb = RekeyingSaDatabase()
+    sadb = SaDatabase()
     lab = Lab(
         keys, RekeyEngine(keys, T0), sadb, GroupRekey(GROUP, sadb, ip_address(MEMBER), rng=SeededRng(member_seed))
     )
@@ -573,7 +572,7 @@ def test_every_member_draws_its_pull_point_between_seven_and_five_percent_of_the
     low, high = T0 + lifetime * (1 - PULL_WINDOW[1]), T0 + lifetime * (1 - PULL_WINDOW[0])
     points = []
     for seed in range(300):
-        sadb = RekeyingSaDatabase()
+        sadb = SaDatabase()
         gm = GroupRekey(GROUP, sadb, ip_address(MEMBER), rng=SeededRng(f"member {seed}"))
         gm.registered(policy, 0, T0)
         point = gm.pull_deadline

@@ -66,7 +66,7 @@ from .sadb import GroupSas, KekSa, Rule, SaDatabase, TekSa
 
 PULL_WINDOW = (0.05, 0.07)  # share of an SA's lifetime left when the member re-registers (seed)
 
-# -- the SA database, with what pushes need -------------------------------------------------
+# -- which TEK encrypts, with pushes ----------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -92,13 +92,6 @@ class RolloverGroupSas(GroupSas):
     def changes_after(self, now: float) -> float | None:
         times = [t for t in (super().changes_after(now), *self.activations.values()) if t is not None and t > now]
         return min(times, default=None)
-
-
-class RekeyingSaDatabase(SaDatabase):
-    """The SA database with whole-group writes: pushes add TEKs and replace the KEK, which ``install`` cannot."""
-
-    def put(self, group: GroupSas) -> None:
-        self._put(group, group.group_id)
 
 
 def _as_sas(policy: GroupPolicy, now: float) -> GroupSas:
@@ -290,7 +283,7 @@ class GroupRekey:
     def __init__(
         self,
         group_id: int,
-        sadb: RekeyingSaDatabase,
+        sadb: SaDatabase,
         member_address: IPv4Address | IPv6Address,
         *,
         rng: Rng = os.urandom,

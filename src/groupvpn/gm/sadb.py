@@ -219,6 +219,10 @@ class SaDatabase:
         self._put(group, policy.group_id)
         return group
 
+    def put(self, group: GroupSas) -> None:
+        """Replace one group whole: how a push adds TEKs, replaces the KEK or changes the GAP (``gm.rekey``)."""
+        self._put(group, group.group_id)
+
     def delete_tek(self, group_id: int, spi: bytes) -> bool:
         """Remove one TEK; False when the group has none by that SPI."""
         group = self._groups.get(group_id)
