@@ -10,7 +10,7 @@ from groupvpn.ike.informational import notify, protected, r_u_there
 from groupvpn.wire.isakmp import Hash, Nonce
 from groupvpn.wire.message import decode_message
 from groupvpn.wire.numbers import ExchangeType, Flags, NotifyType
-from phase1_link import I_ADDR, R_ADDR, established
+from phase1_link import I_ADDR, R_ADDR, Link, established, initiator, responder
 
 
 def responder_session(link):  # type: ignore[no-untyped-def]
@@ -101,6 +101,23 @@ def test_dead_peer_detection_after_idle_time() -> None:
     assert probes == RetransmitPolicy().attempts
     assert link.events["I"][-1].reason is DeleteReason.DEAD_PEER  # type: ignore[union-attr]
     assert link.initiator.state is InitiatorState.CLOSED and link.initiator.timer is None
+
+
+def test_a_probe_follows_the_initiators_dpd_policy() -> None:
+    """A member probing a key server it suspects gone wants an answer in seconds, not DPD's usual 23 s."""
+    quick = RetransmitPolicy(initial=1.0, factor=1.0, maximum=1.0, attempts=3)
+    link = Link(initiator(dpd_retransmit=quick), responder()).start().deliver()
+    link.take("I", link.initiator.probe(5.0))
+    link.in_flight.clear()  # the responder has gone silent
+    sent = [5.0]
+    while not any(isinstance(e, IkeSaDeleted) for e in link.events["I"]):
+        now = link.initiator.timer
+        assert now is not None and len(sent) < 10
+        if link.tick("I", now).datagrams:
+            sent.append(now)
+        link.in_flight.clear()
+    assert sent == [5.0, 6.0, 7.0] and now == 8.0
+    assert link.events["I"][-1].reason is DeleteReason.DEAD_PEER  # type: ignore[union-attr]
 
 
 def test_an_answered_probe_resets_the_idle_clock() -> None:

@@ -79,6 +79,7 @@ class Phase1Initiator:
         dpd: bool = True,
         dpd_idle: float | None = None,
         retransmit: RetransmitPolicy = RetransmitPolicy(),
+        dpd_retransmit: RetransmitPolicy = RetransmitPolicy(),
         rng: Rng = os.urandom,
     ) -> None:
         if doi not in (DOI.IPSEC, DOI.GDOI):
@@ -94,6 +95,7 @@ class Phase1Initiator:
         self._dpd = dpd
         self._dpd_idle = dpd_idle
         self._policy = retransmit
+        self._dpd_policy = dpd_retransmit
         self._rng = rng
         self._offer = offer(self.suites, doi)
         self._icookie = b""
@@ -270,7 +272,9 @@ class Phase1Initiator:
             return
         self._chain.advance(message)
         sa = self._sa(idir, self._chain.iv, now)
-        self.session = Session(sa, self._rng, self.stats, dpd_idle=self._dpd_idle, last_heard=now)
+        self.session = Session(
+            sa, self._rng, self.stats, dpd_policy=self._dpd_policy, dpd_idle=self._dpd_idle, last_heard=now
+        )
         self._pending = None
         self.state = InitiatorState.ESTABLISHED
         out.emit(IkeSaEstablished(sa))
