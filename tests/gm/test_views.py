@@ -48,6 +48,7 @@ def test_ike_security_associations(lab):
     assert view["notes"] == ["1 IKE SA up", "vpn bad group 2: interface down"]
     (detail,) = views.ike_security_associations(state(lab), detail=True)["records"]
     assert detail["local_address"] == "198.18.1.2" and detail["suite"] == "aes128-sha256-modp2048"
+    assert (detail["local_identity"], detail["remote_identity"]) == ("ID_IPV4_ADDR 198.18.1.2", f"ID_IPV4_ADDR {KS1[0]}")
     assert detail["remaining"] == 86400 and detail["established"] == "2023-11-26 12:00:00 UTC"
     assert (detail["registering"], detail["waiting"]) == (None, [])
 

@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..ike.initiator import InitiatorState
-from ..wire.numbers import PolicyAction
+from ..wire.isakmp import Identification
+from ..wire.numbers import IdType, PolicyAction, name_of
 from .member import Connection, Member, Registration, VpnState
 from .sadb import GroupSas, SaDatabase
 
@@ -83,6 +84,11 @@ def _spi(spi: bytes) -> str:
     return f"0x{spi.hex()}"
 
 
+def _identity(identification: Identification) -> str:
+    """An ID payload as Phase 1 exchanged it: its RFC 2407 type name and value."""
+    return f"ID_{name_of(IdType, identification.id_type)} {identification.value}"
+
+
 def _connections(members: Iterable[Member]) -> list[Connection]:
     return sorted((c for m in members for c in m.connections.values()), key=lambda c: c.server)
 
@@ -104,6 +110,8 @@ def ike_security_associations(state: MemberState, detail: bool = False) -> View:
             record |= {
                 "local_address": str(connection.phase1.identity.value),
                 "remote_port": connection.server[1],
+                "local_identity": _identity(sa.local_identity) if sa is not None else None,
+                "remote_identity": _identity(sa.peer_identity) if sa is not None else None,
                 "suite": sa.suite.name if sa is not None else None,
                 "lifetime": sa.suite.lifetime if sa is not None else None,
                 "remaining": max(0, round(sa.expires_at - state.now)) if sa is not None else None,
