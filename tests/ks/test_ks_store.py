@@ -16,11 +16,13 @@ import pytest
 from groupvpn.crypto.gdoi import Kek
 from groupvpn.crypto.suites import esp_suite
 from groupvpn.ks.store import (
+    MAX_SENDER_IDS,
     SCHEMA_VERSION,
     KeyState,
     KeyStore,
     KeyTimes,
     MemberState,
+    SenderIdsExhausted,
     SpiReused,
     StoredKek,
     StoredTek,
@@ -304,3 +306,55 @@ def test_records_never_show_key_material(store):
     shown = repr(k) + repr(t) + str(k) + str(t)
     for secret in (k.kek.iv, k.kek.key, t.keys.encryption, t.keys.integrity):
         assert secret.hex() not in shown and repr(secret) not in shown
+
+
+def test_sender_ids_are_claimed_in_order_durably_and_run_out(store, db_path):
+    assert store.allocate_sender_ids(GROUP, 1) == (0,)
+    assert store.allocate_sender_ids(GROUP, 3) == (1, 2, 3)
+    store.create_group(GROUP + 1, PEM, 1000.0)
+    assert store.allocate_sender_ids(GROUP + 1, 2) == (0, 1)  # one counter per group
+    store.close()
+    with KeyStore(db_path) as reopened:
+        assert reopened.allocate_sender_ids(GROUP, 1) == (4,)
+        with sqlite3.connect(db_path) as raw:
+            raw.execute("UPDATE grp SET next_sender_id = ? WHERE group_id = ?", (MAX_SENDER_IDS - 2, GROUP))
+        with pytest.raises(SenderIdsExhausted, match=f"group {GROUP} has 2 of its 65536 sender IDs left"):
+            reopened.allocate_sender_ids(GROUP, 3)
+        assert reopened.allocate_sender_ids(GROUP, 2) == (MAX_SENDER_IDS - 2, MAX_SENDER_IDS - 1)
+        with pytest.raises(StoreError, match="no group 99"):
+            reopened.allocate_sender_ids(99, 1)
+        with pytest.raises(ValueError, match="cannot allocate 0 sender IDs"):
+            reopened.allocate_sender_ids(GROUP, 0)
+
+
+def test_a_version_1_store_gains_the_sender_id_counter(db_path):
+    with KeyStore(db_path) as store:
+        store.create_group(GROUP, PEM, 1000.0)
+    with sqlite3.connect(db_path) as raw:
+        raw.execute("ALTER TABLE grp DROP COLUMN next_sender_id")
+        raw.execute("PRAGMA user_version = 1")
+    with KeyStore(db_path) as store:
+        assert store.signing_key_pem(GROUP) == PEM
+        assert store.allocate_sender_ids(GROUP, 2) == (0, 1)
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
+def test_kek_spis_name_their_group_after_the_key_is_forgotten(store):
+    k = kek(7, KeyState.ACTIVE)
+    store.add_kek(k)
+    assert store.kek_group(k.spi) == GROUP
+    assert store.kek_group(bytes([8]) * 16) is None
+
+
+def test_sqlite_failures_are_store_errors(store, db_path):
+    store.register_member(GROUP, "198.18.0.2", 10.0)
+    with sqlite3.connect(db_path) as raw:  # a write that fails inside SQLite, as a full disk would
+        raw.execute("CREATE TRIGGER broken BEFORE UPDATE ON member BEGIN INSERT INTO missing VALUES (1); END")
+    with pytest.raises(StoreError, match=r"the key store .*ks.db failed: no such table: main.missing"):
+        store.record_ack(GROUP, "198.18.0.2", bytes(16), 1)
+    assert store.member(GROUP, "198.18.0.2").last_ack_seq is None  # rolled back, still usable
+    store.close()
+    for call in (lambda: store.members(GROUP), lambda: store.register_member(GROUP, "198.18.0.3", 11.0)):
+        with pytest.raises(StoreError, match="Cannot operate on a closed database"):
+            call()

@@ -1,5 +1,5 @@
 """The key server's durable state in SQLite: signing keys, KEKs, TEKs, push sequence numbers,
-every SPI ever issued, and the member registry.
+every SPI ever issued, sender-ID counters and the member registry.
 
 Everything a restarted key server must neither lose nor reuse lives here
 (ARCHITECTURE.md principle 6).  Each write is one ``BEGIN IMMEDIATE``
@@ -10,11 +10,13 @@ is created 0600 and a looser existing file is refused); they never appear
 in reprs or error messages.
 
 Times are seconds since the epoch as the caller's clock gave them: the
-store never reads a clock.
+store never reads a clock.  Every SQLite failure (a full disk, a locked
+or damaged file) leaves as a ``StoreError``, so callers handle one kind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
@@ -29,10 +31,12 @@ from ..crypto.suites import EspKeys, EspSuite, esp_suite
 from ..wire.gdoi import KEK_SPI_SIZE
 from ..wire.numbers import KekAlgorithm
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_PUSH_SEQ = 0xFFFFFFFF  # SEQ is 4 octets (RFC 6407 §5.7)
 MIN_TEK_SPI = 256  # ESP SPIs 1-255 are reserved by IANA, 0 for local use (RFC 4303 §2.1)
 MAX_TEK_SPI = 0xFFFFFFFF
+SENDER_ID_BITS = 16  # NUMBER_OF_SID_BITS of every group: 8, 12 and 16 are the MUSTs of RFC 6054 §3
+MAX_SENDER_IDS = 1 << SENDER_ID_BITS
 
 # One list of statements per version step; step i brings user_version i-1 to i.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -87,6 +91,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             reason TEXT NOT NULL DEFAULT '',
             PRIMARY KEY (group_id, address))""",
     ),
+    # The next sender ID of each group (RFC 6407 §3.5: allocated sequentially from 0).
+    ("ALTER TABLE grp ADD COLUMN next_sender_id INTEGER NOT NULL DEFAULT 0",),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -97,6 +103,10 @@ class StoreError(Exception):
 
 class SpiReused(StoreError):
     """An SPI that was issued once before; SPIs are never reused, even after retirement."""
+
+
+class SenderIdsExhausted(StoreError):
+    """The group has fewer sender IDs left than were asked for."""
 
 
 class KeyState(StrEnum):
@@ -241,10 +251,13 @@ class KeyStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         _create_private(self.path)
-        self._db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as problem:
+            raise StoreError(f"cannot open the key store {self.path}: {problem}") from None
         try:
             self._open()
-        except sqlite3.DatabaseError as problem:
+        except sqlite3.Error as problem:
             self._db.close()
             raise StoreError(f"{self.path} is not a usable key store: {problem}") from None
         except BaseException:
@@ -281,29 +294,50 @@ class KeyStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction; committed (and synced) when the block ends without error."""
-        self._db.execute("BEGIN IMMEDIATE")
+        """A write transaction; committed (and synced) when the block ends without error.
+
+        An ``IntegrityError`` goes to the caller, which knows what the
+        conflict means; any other SQLite error becomes a ``StoreError``.
+        """
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as problem:
+            raise self._failed(problem) from None
         try:
             yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.execute("COMMIT")
+        except BaseException as problem:
+            with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
+                self._db.execute("ROLLBACK")
+            if isinstance(problem, sqlite3.Error) and not isinstance(problem, sqlite3.IntegrityError):
+                raise self._failed(problem) from None
             raise
-        self._db.execute("COMMIT")
+
+    def _query(self, sql: str, parameters: tuple[object, ...]) -> list[tuple]:
+        """The rows of a read outside any transaction."""
+        try:
+            return self._db.execute(sql, parameters).fetchall()
+        except sqlite3.Error as problem:
+            raise self._failed(problem) from None
+
+    def _failed(self, problem: sqlite3.Error) -> StoreError:
+        return StoreError(f"the key store {self.path} failed: {problem}")
 
     # -- groups and signing keys -------------------------------------------------------------
 
     def signing_key_pem(self, group_id: int) -> bytes | None:
         """The group's PKCS#8 PEM push-signing key, None before the first one is saved."""
-        row = self._db.execute(
-            "SELECT signing_key_pem FROM grp WHERE group_id = ?", (group_id,)
-        ).fetchone()
-        return None if row is None else row[0]
+        rows = self._query("SELECT signing_key_pem FROM grp WHERE group_id = ?", (group_id,))
+        return rows[0][0] if rows else None
 
     def create_group(self, group_id: int, signing_key_pem: bytes, now: float) -> None:
         """Record a new group with its signing key; a group's key is never silently replaced."""
         try:
             with self._transaction() as db:
-                db.execute("INSERT INTO grp VALUES (?, ?, ?)", (group_id, signing_key_pem, now))
+                db.execute(
+                    "INSERT INTO grp (group_id, signing_key_pem, created_at) VALUES (?, ?, ?)",
+                    (group_id, signing_key_pem, now),
+                )
         except sqlite3.IntegrityError:
             raise StoreError(f"group {group_id} already has a signing key") from None
 
@@ -311,12 +345,12 @@ class KeyStore:
 
     def spi_issued(self, kind: str, spi: bytes) -> bool:
         """Whether a 'kek' or 'tek' SPI (as octets) was ever issued by this store."""
-        return (
-            self._db.execute(
-                "SELECT 1 FROM issued_spi WHERE kind = ? AND spi = ?", (kind, spi)
-            ).fetchone()
-            is not None
-        )
+        return bool(self._query("SELECT 1 FROM issued_spi WHERE kind = ? AND spi = ?", (kind, spi)))
+
+    def kek_group(self, spi: bytes) -> int | None:
+        """The group a KEK SPI was issued to, also after the KEK is forgotten; None if never issued here."""
+        rows = self._query("SELECT group_id FROM issued_spi WHERE kind = 'kek' AND spi = ?", (spi,))
+        return rows[0][0] if rows else None
 
     def _issue(self, db: sqlite3.Connection, kind: str, spi: bytes, group_id: int, now: float) -> None:
         try:
@@ -384,11 +418,11 @@ class KeyStore:
         return [_tek(row) for row in self._select("tek", _TEK_COLUMNS, group_id, state)]
 
     def _select(self, table: str, columns: str, group_id: int, state: KeyState | None) -> list[tuple]:
-        return self._db.execute(
+        return self._query(
             f"SELECT {columns} FROM {table} WHERE group_id = ? AND (? IS NULL OR state = ?) "
             "ORDER BY created_at, rowid",
             (group_id, state, state),
-        ).fetchall()
+        )
 
     def activate_kek(self, spi: bytes, now: float) -> None:
         """Make a pending KEK current and retire the one it replaces."""
@@ -460,10 +494,36 @@ class KeyStore:
 
     def last_push_seq(self, kek_spi: bytes) -> int:
         """The latest sequence number claimed under this KEK (0 before any PUSH), for PULL's SEQ."""
-        row = self._db.execute("SELECT last_push_seq FROM kek WHERE spi = ?", (kek_spi,)).fetchone()
-        if row is None:
+        rows = self._query("SELECT last_push_seq FROM kek WHERE spi = ?", (kek_spi,))
+        if not rows:
             raise StoreError(f"no KEK with SPI {kek_spi.hex()}")
-        return row[0]
+        return rows[0][0]
+
+    # -- sender IDs --------------------------------------------------------------------------
+
+    def allocate_sender_ids(self, group_id: int, count: int) -> tuple[int, ...]:
+        """Claim the group's next ``count`` sender IDs (RFC 6407 §3.5: sequential from 0).
+
+        Committed before returned, so no SID is ever given out twice.  The
+        counter never goes back: a member keeps its SIDs for every TEK it
+        is pushed later (RFC 6054 §3), so a SID is free again only once no
+        member can receive a TEK under the rekey SA it was issued with.
+        """
+        if count < 1:
+            raise ValueError(f"cannot allocate {count} sender IDs")
+        with self._transaction() as db:
+            row = db.execute(
+                "UPDATE grp SET next_sender_id = next_sender_id + ? "
+                "WHERE group_id = ? AND next_sender_id + ? <= ? RETURNING next_sender_id",
+                (count, group_id, count, MAX_SENDER_IDS),
+            ).fetchone()
+        if row is None:
+            rows = self._query("SELECT next_sender_id FROM grp WHERE group_id = ?", (group_id,))
+            if not rows:
+                raise StoreError(f"no group {group_id}")
+            left = MAX_SENDER_IDS - rows[0][0]
+            raise SenderIdsExhausted(f"group {group_id} has {left} of its {MAX_SENDER_IDS} sender IDs left")
+        return tuple(range(row[0] - count, row[0]))
 
     # -- members -----------------------------------------------------------------------------
 
@@ -512,15 +572,15 @@ class KeyStore:
         return _member(row)
 
     def member(self, group_id: int, address: str) -> Member | None:
-        row = self._db.execute(
+        rows = self._query(
             f"SELECT {_MEMBER_COLUMNS} FROM member WHERE group_id = ? AND address = ?", (group_id, address)
-        ).fetchone()
-        return None if row is None else _member(row)
+        )
+        return _member(rows[0]) if rows else None
 
     def members(self, group_id: int, state: MemberState | None = None) -> list[Member]:
-        rows = self._db.execute(
+        rows = self._query(
             f"SELECT {_MEMBER_COLUMNS} FROM member WHERE group_id = ? AND (? IS NULL OR state = ?) "
             "ORDER BY first_registered, address",
             (group_id, state, state),
-        ).fetchall()
+        )
         return [_member(row) for row in rows]
