@@ -52,7 +52,7 @@ def machine(*extra_tools: Sequence[str]) -> list[str]:
         f"date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         (
             f"machine: {_cpu_model()}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
-            f"load average {' '.join(f'{load:.2f}' for load in os.getloadavg())}"
+            f"load average at start {' '.join(f'{load:.2f}' for load in os.getloadavg())}"
         ),
         (
             f"python: {platform.python_version()}, cryptography {_version('cryptography')} "

@@ -163,6 +163,7 @@ def main() -> int:
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, like one data-plane worker
+    conditions = benchlib.machine()  # before the run: the load average it started under
 
     rows = []
     for case in CASES:
@@ -185,7 +186,7 @@ def main() -> int:
                     benchlib.ratio(s_enc + s_dec, g_enc + g_dec),
                 ]
             )
-    print("\n".join(benchlib.machine()))
+    print("\n".join(conditions))
     print(
         f"command: python bench/esp_loop.py --packets {args.packets} --scapy-packets {args.scapy_packets} --repeat {args.repeat}"
     )

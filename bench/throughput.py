@@ -163,6 +163,7 @@ def main() -> int:
 
     # SIGTERM unwinds like Ctrl-C, so the namespaces are removed either way.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"terminated (signal {signal.SIGTERM})"))
+    conditions = benchlib.machine(("iperf3", "--version"), (str(libipsec.CHARON), "--version"))
     workdir = Path(tempfile.mkdtemp(prefix="gvbench-", dir="/tmp"))  # not /run: charon mounts its own /run
     lab = Lab(f"gvb{os.getpid() % 100000}-", members=2)
     results: dict[str, dict[str, Result]] = {}
@@ -181,7 +182,7 @@ def main() -> int:
         remove(workdir / "lab", lab.prefix)
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print("\n".join(benchlib.machine(("iperf3", "--version"), (str(libipsec.CHARON), "--version"))))
+    print("\n".join(conditions))
     print(f"command: python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}".rstrip())
     print(f"each cell: median of {args.repeat} iperf3 runs of {args.seconds} s, h1 -> h2 through gm1, WAN, gm2")
     if skipped:
