@@ -10,7 +10,7 @@ from groupvpn.config.errors import ConfigError
 from groupvpn.config.junos import Node, parse_curly
 from groupvpn.config.schema import MEMBER, SERVER
 from groupvpn.ops import lab_configs
-from groupvpn.ops.lab import LAB_NET, LAN_NET, Lab, LabError
+from groupvpn.ops.lab import LAB_NET, LAN_NET, Lab, LabError, configurations
 from groupvpn.ops.netlab import Link, NetlabError, Port, Route, Topology
 
 PSK = "lab-psk-of-enough-length-0123"
@@ -131,3 +131,20 @@ def test_short_pre_shared_keys_are_refused():
 def test_configurations_are_checked_against_the_schema():
     with pytest.raises(ConfigError):
         lab_configs.member_config(IPv4Address("198.18.0.2"), IPv4Interface("198.18.1.2/24"), "{", PSK)
+
+
+def test_a_lab_shares_one_fresh_pre_shared_key_between_server_and_members():
+    def psks(files: dict[str, str]) -> set[str]:
+        found = set()
+        for name, text in files.items():
+            role = "server" if name == "ks.conf" else "member"
+            tree = parse_curly(text, SERVER if role == "server" else MEMBER)
+            found.add(at(tree, "security", "group-vpn", role, "ike", "policy", "pre-shared-key", "ascii-text").value)
+        return found
+
+    lab = Lab("gvx-", 3)
+    first, second = configurations(lab), configurations(lab)
+    assert sorted(first) == ["gm1.conf", "gm2.conf", "gm3.conf", "ks.conf"]
+    (key,) = psks(first)
+    assert len(key) >= lab_configs.MIN_PSK_LENGTH
+    assert psks(second) != {key}

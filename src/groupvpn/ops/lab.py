@@ -30,6 +30,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
@@ -38,6 +39,7 @@ from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..config.errors import ConfigError
 from ..runtime.control import ControlError, call
 from . import lab_configs
 from .netlab import (
@@ -59,6 +61,7 @@ DEFAULT_PREFIX = "gv-"
 DEFAULT_MEMBERS = 3
 MAX_MEMBERS = 16
 STATE_FILE = "lab.json"
+KS_STATE_DIR = "ks"  # the key server's store (keys, SPIs, members)
 DAEMON_START_TIMEOUT = 30.0
 
 LAB_NET = IPv4Network("198.18.0.0/15")
@@ -190,11 +193,25 @@ def _write_private(path: Path, text: str) -> None:
 # up
 
 
+def configurations(lab: Lab) -> dict[str, str]:
+    """File name -> text of the key server and member configurations, sharing a fresh pre-shared key."""
+    psk = secrets.token_urlsafe(24)
+    members = [lab.member_wan(n).ip for n in lab.numbers]
+    try:
+        files = {"ks.conf": lab_configs.server_config(lab.ks_address.ip, members, LAN_NET, psk)}
+        for n in lab.numbers:
+            files[f"gm{n}.conf"] = lab_configs.member_config(lab.ks_address.ip, lab.member_wan(n), "wan", psk)
+    except ConfigError as err:
+        raise LabError(f"the lab's own configuration does not load (a bug): {err}") from None
+    return files
+
+
 def create(directory: Path, lab: Lab) -> dict[str, Any]:
     """Build the namespaces and write the configurations; the new lab state.
 
     A failure removes whatever was built.  Refused when a lab recorded in
-    ``directory`` still has namespaces, or the names are taken.
+    ``directory`` still has namespaces, or the names are taken.  A new lab
+    starts with a new key store: its group and pre-shared key are new too.
     """
     _require_root()
     previous = load_state(directory)
@@ -205,6 +222,7 @@ def create(directory: Path, lab: Lab) -> dict[str, Any]:
                 f"a lab is already up in {directory} ({len(alive)} namespaces, prefix {previous['prefix']!r}); "
                 f"run `groupvpn lab down --dir {directory}` first"
             )
+    files = configurations(lab)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     state: dict[str, Any] = {"prefix": lab.prefix, "members": lab.members, "namespaces": [], "daemons": {}}
 
@@ -226,12 +244,9 @@ def create(directory: Path, lab: Lab) -> dict[str, Any]:
         destroy(state["namespaces"])
         _state_path(directory).unlink(missing_ok=True)
         raise
-    psk = secrets.token_urlsafe(24)
-    members = [lab.member_wan(n).ip for n in lab.numbers]
-    _write_private(directory / "ks.conf", lab_configs.server_config(lab.ks_address.ip, members, LAN_NET, psk))
-    for n in lab.numbers:
-        config = lab_configs.member_config(lab.ks_address.ip, lab.member_wan(n), "wan", psk)
-        _write_private(directory / f"gm{n}.conf", config)
+    for name, text in files.items():
+        _write_private(directory / name, text)
+    shutil.rmtree(directory / KS_STATE_DIR, ignore_errors=True)
     return state
 
 
@@ -248,7 +263,7 @@ def _daemon_records(directory: Path, lab: Lab) -> dict[str, dict[str, Any]]:
             "log": str(directory / f"{role}.log"),
         }
         if command == "ks":
-            records[role]["state_dir"] = str(directory / role)  # the key store
+            records[role]["state_dir"] = str(directory / KS_STATE_DIR)
     return records
 
 
