@@ -92,8 +92,8 @@ class DfMode(Enum):
     COPY = "copy"
 
 
-_PRESERVES_SOURCE = frozenset({AddressPreservation.SOURCE_ONLY, AddressPreservation.SOURCE_AND_DESTINATION})
-_PRESERVES_DESTINATION = frozenset({AddressPreservation.DESTINATION_ONLY, AddressPreservation.SOURCE_AND_DESTINATION})
+PRESERVES_SOURCE = frozenset({AddressPreservation.SOURCE_ONLY, AddressPreservation.SOURCE_AND_DESTINATION})
+PRESERVES_DESTINATION = frozenset({AddressPreservation.DESTINATION_ONLY, AddressPreservation.SOURCE_AND_DESTINATION})
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +124,9 @@ class SaConfig:
             raise ValueError(f"SPI {self.spi:#x} is reserved or does not fit 32 bits (RFC 4303 §2.1)")
         if self.preservation == AddressPreservation.RESERVED:
             raise ValueError("Address Preservation 0 is reserved")
-        if self.preservation not in _PRESERVES_SOURCE and self.local is None:
+        if self.preservation not in PRESERVES_SOURCE and self.local is None:
             raise ValueError(f"{self.preservation.name} needs the gateway's own address as outer source")
-        if self.preservation not in _PRESERVES_DESTINATION and self.remote is None:
+        if self.preservation not in PRESERVES_DESTINATION and self.remote is None:
             raise ValueError(f"{self.preservation.name} needs a remote address as outer destination")
         if self.local is not None and self.remote is not None and self.local.version != self.remote.version:
             raise ValueError(f"tunnel addresses {self.local} and {self.remote} are of different families")
@@ -185,8 +185,8 @@ class EspSa:
             nh: tuple(trailer(suite.pad_length(r), nh) for r in range(suite.alignment)) for nh in (_IPIP, _IPV6, _SHIM)
         }
         preserves = config.preservation
-        self.src = None if preserves in _PRESERVES_SOURCE else _packed(config.local)
-        self.dst = None if preserves in _PRESERVES_DESTINATION else _packed(config.remote)
+        self.src = None if preserves in PRESERVES_SOURCE else _packed(config.local)
+        self.dst = None if preserves in PRESERVES_DESTINATION else _packed(config.remote)
         self.preserve_both = self.src is None and self.dst is None
         fixed = self.src or self.dst
         self.family = 0 if fixed is None else (4 if len(fixed) == 4 else 6)
