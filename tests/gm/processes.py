@@ -221,9 +221,16 @@ def ks_conf(
     members: Sequence[str],
     others: Sequence[str],
     port: int | None = None,
+    lans: Sequence[tuple[str, str]] = (("198.18.10.0/24", "198.18.20.0/24"),),
 ) -> str:
-    """A key server: group 1 for ``members`` (LAN A <-> LAN B, one TEK), group 2 for ``others`` only."""
+    """A key server: group 1 for ``members`` (each pair of ``lans`` both ways, one TEK), group 2 for ``others`` only."""
     port_line = f"\n            port {port};" if port else ""
+    policies = "".join(
+        f"""
+                    match-policy out-{n} {{ source {a}; destination {b}; }}
+                    match-policy back-{n} {{ source {b}; destination {a}; }}"""
+        for n, (a, b) in enumerate(lans, 1)
+    )
     return f"""\
 security {{
     group-vpn {{
@@ -254,9 +261,7 @@ security {{
                 ike-gateway gms;
                 anti-replay-time-window 10;
                 ipsec-sa lan {{
-                    proposal aes128-sha256;
-                    match-policy out {{ source 198.18.10.0/24; destination 198.18.20.0/24; }}
-                    match-policy back {{ source 198.18.20.0/24; destination 198.18.10.0/24; }}
+                    proposal aes128-sha256;{policies}
                 }}
             }}
             group two {{

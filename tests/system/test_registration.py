@@ -18,18 +18,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from netns_lab import Lab, failed, ip, registered, registration, show_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gm"))
-from processes import PYTHON, Daemon, groupvpn, ks_conf, member_conf, wait_for  # noqa: E402
+from processes import PYTHON, Daemon, ks_conf, member_conf, wait_for  # noqa: E402
 
 pytestmark = [
     pytest.mark.netns,
@@ -46,127 +43,31 @@ OUTSIDER = "198.18.0.29"  # listed only in the gateway of group 2
 ROGUE_SCRIPT = Path(__file__).resolve().parents[1] / "gm" / "rogue_server.py"
 
 
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+def key_server(lab: Lab) -> Daemon:
+    members = [*GOOD.values(), *LISTED]
+    return lab.ks(ks_conf(listen=KS, state_file=lab.directory / "ks.db", psk=PSK, members=members, others=[OUTSIDER]))
 
 
-@dataclass
-class Lab:
-    """Namespaces on one bridge, and the daemons started in or for them."""
-
-    directory: Path
-    tag: str = field(default_factory=lambda: f"gvr{os.getpid() % 100000}{uuid.uuid4().hex[:4]}")
-    namespaces: list[str] = field(default_factory=list)
-    daemons: list[Daemon] = field(default_factory=list)
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    @property
-    def switch(self) -> str:
-        return f"{self.tag}-sw"
-
-    def namespace(self, role: str) -> str:
-        return f"{self.tag}-{role}"
-
-    def _add(self, name: str) -> None:
-        ip("netns", "add", name)
-        self.namespaces.append(name)
-        ip("-n", name, "link", "set", "lo", "up")
-
-    def build(self) -> None:
-        self._add(self.switch)
-        ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
-        ip("-n", self.switch, "link", "set", "br0", "up")
-
-    def host(self, role: str, address: str) -> str:
-        """A namespace for ``role`` with interface ``wan`` at ``address`` on the bridge."""
-        name = self.namespace(role)
-        self._add(name)
-        port = f"p-{role}"
-        ip("-n", self.switch, "link", "add", port, "type", "veth", "peer", "name", "wan", "netns", name)
-        ip("-n", self.switch, "link", "set", port, "master", "br0", "up")
-        ip("-n", name, "addr", "add", f"{address}/24", "dev", "wan")
-        ip("-n", name, "link", "set", "wan", "up")
-        return name
-
-    def ks(self) -> Daemon:
-        text = ks_conf(
-            listen=KS,
-            state_file=self.directory / "ks.db",
-            psk=PSK,
-            members=[*GOOD.values(), *LISTED],
-            others=[OUTSIDER],
-        )
-        return self._made(Daemon("ks", "ks", self.directory, self.namespace("ks")).write(text))
-
-    def member(self, role: str, address: str, *, inside: bool = False, **changes: Any) -> Daemon:
-        """A member for the namespace of ``role``: run inside it, or from here with a routing instance."""
-        namespace = self.namespace(role)
-        fields: dict[str, Any] = {"servers": [KS], "local": address, "group": 1, "psk": PSK, "interface": "wan"}
-        fields["routing_instance"] = None if inside else namespace
-        fields.update(changes)
-        daemon = Daemon("member", role, self.directory, namespace if inside else None)
-        return self._made(daemon.write(member_conf(**fields)))
-
-    def rogue(self) -> None:
-        psk_file = self.directory / "rogue.psk"
-        psk_file.write_text(PSK)
-        command = [PYTHON, str(ROGUE_SCRIPT), "--address", ROGUE, "--psk-file", str(psk_file)]
-        self.processes.append(
-            subprocess.Popen(["ip", "netns", "exec", self.namespace("rogue"), *command], stderr=subprocess.PIPE)
-        )
-
-    def _made(self, daemon: Daemon) -> Daemon:
-        self.daemons.append(daemon)
-        return daemon
-
-    def teardown(self) -> None:
-        for daemon in self.daemons:
-            daemon.stop()
-        for process in self.processes:
-            process.kill()
-            process.wait(10)
-        for name in reversed(self.namespaces):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+def new_member(lab: Lab, role: str, address: str, *, inside: bool = False, **changes: Any) -> Daemon:
+    """A member for the namespace of ``role``: run inside it, or from here with a routing instance."""
+    fields: dict[str, Any] = {"servers": [KS], "local": address, "group": 1, "psk": PSK, "interface": "wan"}
+    fields["routing_instance"] = None if inside else lab.namespace(role)
+    fields.update(changes)
+    return lab.member(role, member_conf(**fields), inside=inside)
 
 
-@pytest.fixture
-def lab(tmp_path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
-    try:
-        lab.build()
-        yield lab
-    finally:
-        lab.teardown()
-
-
-def registration(member: Daemon) -> dict[str, Any] | None:
-    view = member.try_show("kek-security-associations", detail=True)
-    return None if view is None else view["records"][0]
-
-
-def registered(member: Daemon) -> dict[str, Any] | None:
-    record = registration(member)
-    return record if record is not None and record["state"] == "registered" else None
-
-
-def failed(member: Daemon) -> dict[str, Any] | None:
-    record = registration(member)
-    return record if record is not None and record["last_failure"] else None
-
-
-def show_json(member: Daemon, *words: str) -> dict[str, Any]:
-    """`groupvpn show security group-vpn member WORDS --json`, as an operator would run it."""
-    result = groupvpn("show", "security", "group-vpn", "member", *words, "--json", "--socket", str(member.socket))
-    assert result.returncode == 0, result.stderr
-    return dict(json.loads(result.stdout))
+def rogue(lab: Lab) -> None:
+    psk_file = lab.directory / "rogue.psk"
+    psk_file.write_text(PSK)
+    lab.spawn("rogue", [PYTHON, str(ROGUE_SCRIPT), "--address", ROGUE, "--psk-file", str(psk_file)])
 
 
 def test_members_register_agree_survive_a_key_server_crash_and_follow_their_interface(lab):
     lab.host("ks", KS)
     for role, address in GOOD.items():
         lab.host(role, address)
-    ks = lab.ks().start()
-    members = {role: lab.member(role, GOOD[role]).launch() for role in ("gm1", "gm2", "gm3")}
+    ks = key_server(lab).start()
+    members = {role: new_member(lab, role, GOOD[role]).launch() for role in ("gm1", "gm2", "gm3")}
     for member in members.values():
         member.ready()
     for member in members.values():
@@ -205,7 +106,7 @@ def test_members_register_agree_survive_a_key_server_crash_and_follow_their_inte
     # kill -9 and restart: the same keys for a new member, the old members still listed.
     ks.kill()
     ks.start()
-    newcomer = lab.member("gm4", GOOD["gm4"]).start()
+    newcomer = new_member(lab, "gm4", GOOD["gm4"]).start()
     late = wait_for(lambda: registered(newcomer), timeout=10, what="gm4 to register after the restart")
     assert late["kek_spi"] == server_kek["kek_spi"]
     (late_tek,) = newcomer.records("ipsec-security-associations")
@@ -250,9 +151,9 @@ def test_every_refusal_is_reported_with_its_precise_reason(lab):
     lab.host("rogue", ROGUE)
     for role, (address, *_) in REFUSALS.items():
         lab.host(role, address)
-    ks = lab.ks().start()
-    lab.rogue()
-    members = {role: lab.member(role, address, inside=True, **more) for role, (address, more, *_) in REFUSALS.items()}
+    ks = key_server(lab).start()
+    rogue(lab)
+    members = {role: new_member(lab, role, address, inside=True, **more) for role, (address, more, *_) in REFUSALS.items()}
     for member in members.values():
         member.launch()
     for member in members.values():
