@@ -1,16 +1,16 @@
-"""Two group members with a WAN router between them and a host behind each, in network namespaces.
+"""Two group members of ``groupvpn lab``'s topology, with the WAN router between them and a host behind each.
 
 ::
 
-    ha 198.19.1.2 -- lan|ma|wan 198.18.1.2 -- to-a|wan|to-b -- 198.18.2.2 wan|mb|lan -- hb 198.19.2.2
-                  198.19.1.1            198.18.1.1  198.18.2.1             198.19.2.1
+    h1 198.19.1.2 -- lan|gm1|wan 198.18.1.2 -- gm1|wan|gm2 -- 198.18.2.2 wan|gm2|lan -- h2 198.19.2.2
+                     198.19.1.1          198.18.1.1   198.18.2.1          198.19.2.1
+                                                  ks|
+                                                     198.18.0.2 ks
 
-Everything is in 198.18.0.0/15; nothing has a default route (every namespace
-routes 198.18.0.0/15 only), so nothing can leave the lab.  The WAN router
-routes each LAN to its member, which is what header-preserving ESP needs.
-Names carry the test run's PID and a random suffix, so parallel runs never
-collide; ``remove`` deletes every namespace (and with them the veths and
-whatever ran inside) and is safe after a partial ``build``.
+``ops.lab`` builds it: everything in 198.18.0.0/15, no default routes, the
+WAN router routing each LAN to its member (which header-preserving ESP
+needs).  Names carry the test run's PID and a random suffix, so parallel
+runs never collide.
 """
 
 from __future__ import annotations
@@ -19,91 +19,72 @@ import os
 import subprocess
 import uuid
 from dataclasses import dataclass
-from ipaddress import ip_network
 
 from groupvpn.crypto.suites import EspSuite
 from groupvpn.dataplane.channel import PolicyState
 from groupvpn.dataplane.esp_path import SaConfig
 from groupvpn.dataplane.spd import Rule, Selector
+from groupvpn.ops.lab import Lab
+from groupvpn.ops.netlab import build, destroy
 from groupvpn.wire.numbers import IpProtocol, PolicyAction
 
-LAN_A, LAN_B = ip_network("198.19.1.0/24"), ip_network("198.19.2.0/24")
-HOST_A, HOST_B = "198.19.1.2", "198.19.2.2"
-WAN_A, WAN_B = "198.18.1.2", "198.18.2.2"
-ROUTER_A, ROUTER_B = "198.18.1.1", "198.18.2.1"
-LAB = "198.18.0.0/15"
+LAN_A, LAN_B = Lab.lan(1), Lab.lan(2)
+HOST_A, HOST_B = str(LAN_A[2]), str(LAN_B[2])
 DENIED_PORT = 9  # UDP discard: a deny rule lets it pass in clear
 SPI = 0x4A7E0001
 
 
-def ip(*args: str, stdin: str | None = None) -> str:
-    done = subprocess.run(["ip", *args], input=stdin, capture_output=True, text=True, timeout=20)
-    if done.returncode:
-        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout
+def ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=20).stdout
 
 
 @dataclass(frozen=True)
 class MemberPair:
-    prefix: str
+    lab: Lab
 
     @classmethod
     def unique(cls) -> MemberPair:
-        return cls(f"gvd{os.getpid() % 10000}{uuid.uuid4().hex[:4]}-")
+        return cls(Lab(f"gvd{os.getpid() % 10000}{uuid.uuid4().hex[:4]}-", members=2))
 
     @property
     def host_a(self) -> str:
-        return self.prefix + "ha"
+        return self.lab.host(1)
 
     @property
     def member_a(self) -> str:
-        return self.prefix + "ma"
+        return self.lab.gm(1)
 
     @property
     def wan(self) -> str:
-        return self.prefix + "wan"
+        return self.lab.wan
 
     @property
     def member_b(self) -> str:
-        return self.prefix + "mb"
+        return self.lab.gm(2)
 
     @property
     def host_b(self) -> str:
-        return self.prefix + "hb"
+        return self.lab.host(2)
 
     @property
-    def namespaces(self) -> tuple[str, ...]:
-        return (self.host_a, self.member_a, self.wan, self.member_b, self.host_b)
+    def key_server(self) -> str:
+        return self.lab.ks
+
+    @property
+    def key_server_address(self) -> str:
+        return str(self.lab.ks_address.ip)
+
+    @property
+    def member_a_wan(self) -> str:
+        return str(self.lab.member_wan(1).ip)
+
+    wan_to_a = "gm1"  # the WAN router's interface towards member A
 
     def build(self) -> None:
-        for name in self.namespaces:
-            ip("netns", "add", name)
-        links = [
-            (self.host_a, "eth0", f"{HOST_A}/24", self.member_a, "lan", "198.19.1.1/24"),
-            (self.member_a, "wan", f"{WAN_A}/24", self.wan, "to-a", f"{ROUTER_A}/24"),
-            (self.wan, "to-b", f"{ROUTER_B}/24", self.member_b, "wan", f"{WAN_B}/24"),
-            (self.member_b, "lan", "198.19.2.1/24", self.host_b, "eth0", f"{HOST_B}/24"),
-        ]
-        batches: dict[str, list[str]] = {name: ["link set lo up"] for name in self.namespaces}
-        for ns1, if1, addr1, ns2, if2, addr2 in links:
-            ip("link", "add", "name", if1, "netns", ns1, "type", "veth", "peer", "name", if2, "netns", ns2)
-            for ns, ifname, address in ((ns1, if1, addr1), (ns2, if2, addr2)):
-                batches[ns] += [f"addr add {address} dev {ifname}", f"link set dev {ifname} up"]
-        batches[self.host_a].append(f"route add {LAB} via 198.19.1.1")
-        batches[self.host_b].append(f"route add {LAB} via 198.19.2.1")
-        batches[self.member_a].append(f"route add {LAB} via {ROUTER_A}")
-        batches[self.member_b].append(f"route add {LAB} via {ROUTER_B}")
-        batches[self.wan] += [f"route add {LAN_A} via {WAN_A}", f"route add {LAN_B} via {WAN_B}"]
-        for name, lines in batches.items():
-            ip("-n", name, "-batch", "-", stdin="\n".join(lines) + "\n")
-        for name in (self.member_a, self.wan, self.member_b):
-            ip("netns", "exec", name, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        build(self.lab.topology(), lambda namespace: None)
 
     def remove(self) -> None:
-        existing = ip("netns", "list")
-        for name in self.namespaces:
-            if name in existing:
-                subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)
+        destroy(self.lab.namespaces)
 
 
 def policy(suite: EspSuite, keys: object, version: int = 1, **sa: object) -> PolicyState:

@@ -15,9 +15,12 @@ except ``start`` (bounded, before traffic flows) and ``counters(wait=...)``.
 
 ``stop`` removes the steering first (traffic no longer enters the TUNs),
 then closes the channels: workers exit on end of file (stragglers are
-killed after a grace period) and the devices disappear with them.  A ``Dataplane`` is started once: the workers' IV counters live as
-long as it does, and a new one must come with new Sender IDs (a new
-registration) for counter-mode SAs.
+killed after a grace period) and the devices disappear with them.
+
+A ``Dataplane`` is started once: the workers' IV counters live as long as
+it does, and a new one must come with new Sender IDs (a new registration)
+for counter-mode SAs.  ``start`` and ``stop`` run ``ip`` and wait for
+processes, so a daemon calls them through ``loop.run_in_executor``.
 """
 
 from __future__ import annotations
