@@ -43,6 +43,7 @@ from .tun import valid_ifname
 
 ROUTE_PROTOCOL = 71  # "proto 71" on our rules and routes; unassigned in iproute2's rt_protos
 MAX_METRIC = 0xFFFFFFFF
+MAX_TABLE = 0xFFFFFFFF
 RESERVED_TABLES = frozenset({0, 253, 254, 255})  # unspec, default, main, local
 MAIN_RULE_PRIORITY = 32766
 COMMAND_TIMEOUT = 20.0
@@ -116,7 +117,7 @@ class SteeringPlan:
         if len(set(names)) != len(names):
             raise SteeringError(f"an interface is named twice among TUNs, LAN and WAN: {names}")
         for table in (self.outbound_table, self.inbound_table):
-            if not 0 < table <= MAX_METRIC or table in RESERVED_TABLES:
+            if not 0 < table <= MAX_TABLE or table in RESERVED_TABLES:
                 raise SteeringError(f"routing table {table} is reserved or out of range")
         if self.outbound_table == self.inbound_table:
             raise SteeringError("the outbound and inbound steering tables must differ")
@@ -188,6 +189,8 @@ def key_server_bypass(servers: Sequence[str], ports: Sequence[int] = (848, 500))
 
 
 class IpFailed(SteeringError):
+    """``ip`` refused a command; ``message`` is what iproute2 said (callers tell "already there" from real errors)."""
+
     def __init__(self, command: Sequence[str], message: str) -> None:
         super().__init__(f"{' '.join(command)}: {message}")
         self.message = message
