@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__
-from .ops import config, decode, ike, ks, lab, member, show
+from .ops import config, decode, export, ike, ks, lab, member, show
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -19,6 +19,7 @@ Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], No
 COMMANDS: tuple[Registrar, ...] = (
     config.register,
     decode.register,
+    export.register,
     ike.register,
     ks.register,
     lab.register,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from ipaddress import IPv4Address, IPv6Address, ip_address
+from pathlib import Path
 
 import dpkt
 
@@ -17,6 +18,7 @@ CBC_SHA256 = esp_suite(EspTransform.AES_CBC, 256, AuthAlgorithm.HMAC_SHA2_256)
 ALL_SUITES = sorted(SUITES.values(), key=lambda s: s.name)
 SPI = 0x10203040
 NOW = 1_800_000_000.0
+LINKTYPE_RAW = 101  # tcpdump.org link-layer header types: bare IPv4/IPv6 packets
 
 
 def keys_for(suite: EspSuite) -> EspKeys:
@@ -99,3 +101,12 @@ def addresses(packet: bytes) -> tuple[str, str]:
     if packet[0] >> 4 == 4:
         return str(IPv4Address(packet[12:16])), str(IPv4Address(packet[16:20]))
     return str(IPv6Address(packet[8:24])), str(IPv6Address(packet[24:40]))
+
+
+def write_raw_pcap(path: Path, packets: list[bytes]) -> Path:
+    """``packets`` (bare IP) as a pcap file, one millisecond apart."""
+    with open(path, "wb") as f:
+        writer = dpkt.pcap.Writer(f, snaplen=65535, linktype=LINKTYPE_RAW)
+        for i, packet in enumerate(packets):
+            writer.writepkt(packet, ts=NOW + i / 1000)
+    return path

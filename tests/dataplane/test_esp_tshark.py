@@ -12,36 +12,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import dpkt
-from dataplane_packets import NOW, keys_for, make_sa, udp
+from dataplane_packets import NOW, keys_for, make_sa, udp, write_raw_pcap
 from tshark import read_fields, requires_tshark
 
 from groupvpn.crypto.suites import EspSuite, esp_suite
 from groupvpn.dataplane.esp_path import Encapsulator, EspSa
 from groupvpn.dataplane.spd import Spd
+from groupvpn.ops.export import PROTOCOLS, UAT_OPTION, esp_sa_row
 from groupvpn.wire.esp import encode_timestamp_shim, ntp_timestamp
 from groupvpn.wire.numbers import AuthAlgorithm, EspTransform
 
 pytestmark = requires_tshark
 
-LINKTYPE_RAW = 101
-
-_CIPHER_NAMES = {
-    EspTransform.DES: "DES-CBC [RFC2405]",
-    EspTransform.TRIPLE_DES: "TripleDES-CBC [RFC2451]",
-    EspTransform.AES_CBC: "AES-CBC [RFC3602]",
-    EspTransform.AES_GCM_8: "AES-GCM with 8 octet ICV [RFC4106]",
-    EspTransform.AES_GCM_12: "AES-GCM with 12 octet ICV [RFC4106]",
-    EspTransform.AES_GCM_16: "AES-GCM with 16 octet ICV [RFC4106]",
-}
-_AUTH_NAMES = {
-    None: "NULL",
-    AuthAlgorithm.HMAC_MD5: "HMAC-MD5-96 [RFC2403]",
-    AuthAlgorithm.HMAC_SHA1: "HMAC-SHA-1-96 [RFC2404]",
-    AuthAlgorithm.HMAC_SHA2_256: "HMAC-SHA-256-128 [RFC4868]",
-    AuthAlgorithm.HMAC_SHA2_384: "HMAC-SHA-384-192 [RFC4868]",
-    AuthAlgorithm.HMAC_SHA2_512: "HMAC-SHA-512-256 [RFC4868]",
-}
 SUITES = [
     esp_suite(EspTransform.AES_CBC, 128, AuthAlgorithm.HMAC_SHA1),
     esp_suite(EspTransform.AES_CBC, 128, AuthAlgorithm.HMAC_SHA2_256),
@@ -60,24 +42,6 @@ FIELDS = [
 ]  # fmt: skip
 
 
-def esp_sa_row(sa: EspSa, protocol: str) -> str:
-    """One ``esp_sa`` UAT row (8 quoted columns, any addresses) with the SA's keys."""
-    suite, keys = sa.config.suite, keys_for(sa.config.suite)
-    auth_key = f'"0x{keys.integrity.hex()}"' if keys.integrity else '""'
-    return (
-        f'uat:esp_sa:"{protocol}","*","*","0x{sa.spi:08x}","{_CIPHER_NAMES[suite.transform]}",'
-        f'"0x{keys.encryption.hex()}","{_AUTH_NAMES[suite.auth]}",{auth_key}'
-    )
-
-
-def write_raw_pcap(path: Path, packets: list[bytes]) -> Path:
-    with open(path, "wb") as f:
-        writer = dpkt.pcap.Writer(f, snaplen=65535, linktype=LINKTYPE_RAW)
-        for i, packet in enumerate(packets):
-            writer.writepkt(packet, ts=NOW + i / 1000)
-    return path
-
-
 def protect(sa: EspSa, packet: bytes) -> bytes:
     out: list[bytes] = []
     assert Encapsulator(Spd(), 1500).protect(sa, packet, NOW, out) is None
@@ -86,7 +50,11 @@ def protect(sa: EspSa, packet: bytes) -> bytes:
 
 def tshark_frames(tmp_path: Path, sas: list[EspSa], packets: list[bytes]):
     prefs = ["esp.enable_encryption_decode:TRUE", "esp.enable_authentication_check:TRUE"]
-    rows = [esp_sa_row(sa, protocol) for sa in sas for protocol in ("IPv4", "IPv6")]
+    rows = [
+        UAT_OPTION + esp_sa_row(protocol, sa.spi, sa.config.suite, keys_for(sa.config.suite))
+        for sa in sas
+        for protocol in PROTOCOLS
+    ]
     return read_fields(write_raw_pcap(tmp_path / "esp.pcap", packets), FIELDS, prefs=[*prefs, *rows])
 
 
