@@ -227,13 +227,6 @@ class Dataplane:
             tun.close()
         self._tuns = []
 
-    def __enter__(self) -> Dataplane:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # -- policy -------------------------------------------------------------------------
 
     def update(self, state: PolicyState) -> None:
