@@ -54,6 +54,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address
 from types import MappingProxyType
+from typing import TypeVar
 
 from ..gdoi.policy import GroupAssociatedPolicy, GroupPolicy
 from ..gdoi.pull import LastPush
@@ -101,6 +102,21 @@ def _as_sas(policy: GroupPolicy, now: float) -> GroupSas:
 
 def _sorted(teks: Iterable[TekSa]) -> tuple[TekSa, ...]:
     return tuple(sorted(teks, key=lambda t: t.expires_at))
+
+
+Sa = TypeVar("Sa", TekSa, KekSa)
+
+
+def _known_end(sa: Sa, held: Sa | None) -> Sa:
+    """An SA delivered again with the same keys ends no later than the member knew.
+
+    Key servers send the remaining lifetime in whole seconds, rounded up
+    (and at least 10 s), so taking it as given would stretch the SA past
+    the end every other member keeps.
+    """
+    if held is None or held.keys != sa.keys:
+        return sa
+    return replace(sa, installed_at=held.installed_at, expires_at=min(sa.expires_at, held.expires_at))
 
 
 # -- events ----------------------------------------------------------------------------------
@@ -366,41 +382,42 @@ class GroupRekey:
         out = _Collector()
         before = self.group
         held = dict(self.receiver.rekey_sas)
-        kek = policy.kek
-        holding = held.get(kek.spi) if kek is not None else None
+        holding = held.get(policy.kek.spi) if policy.kek is not None else None
         self._pulling = False
         if holding is not None and holding.seq > (seq or 0):
             return self._output(out)
         group = self.sadb.install(policy, seq, now)
+        activations: dict[bytes, float] = {}
         if before is not None:
             for tek in before.teks:
                 if group.tek(tek.spi) is None:
                     reason = "absent from the registration answer"
                     out.events.append(SaDeactivated(self.group_id, "TEK", tek.spi, reason))
+            kek = group.kek
+            if kek is not None and before.kek is not None and before.kek.spi == kek.spi:
+                kek = _known_end(kek, before.kek)
+            teks = [_known_end(t, before.tek(t.spi)) for t in group.teks]
+            group = replace(group, teks=_sorted(teks), kek=kek)
+            if isinstance(before, RolloverGroupSas):
+                known = {t.spi for t in teks if t.installed_at < now}  # kept by spi and keys
+                activations = {spi: at for spi, at in before.activations.items() if spi in known}
+        self.sadb.put(_with_activations(group, activations))
         for spi in held:
-            if kek is None or spi != kek.spi:
+            if policy.kek is None or spi != policy.kek.spi:
                 self._drop_kek(spi)
                 out.events.append(SaDeactivated(self.group_id, "KEK", spi, "absent from the registration answer"))
-        old = before.activations if isinstance(before, RolloverGroupSas) else {}
-        activations = {
-            t.spi: old[t.spi]
-            for t in group.teks
-            if t.spi in old and before is not None and (b := before.tek(t.spi)) is not None
-            if b.installed_at == t.installed_at
-        }
-        self.sadb.put(_with_activations(group, activations))
         self._removals = []
         self._activations = [a for a in self._activations if a.spi in activations]
         self._points = {s: p for s, p in self._points.items() if group.tek(s) is not None or s in self._kek_ends}
-        if kek is not None and policy.kek_keys is not None and group.kek is not None:
+        if policy.kek is not None and policy.kek_keys is not None and group.kek is not None:
             if holding is None or holding.kek != policy.kek_keys.kek or holding.seq < (seq or 0):
-                self.receiver.install(kek, policy.kek_keys, seq or 0)  # else its duplicate cache stays
-            self._kek_ends[kek.spi] = group.kek.expires_at
-            self._draw(kek.spi, group.kek.expires_at, now)
+                self.receiver.install(policy.kek, policy.kek_keys, seq or 0)  # else its duplicate cache stays
+            self._kek_ends[policy.kek.spi] = group.kek.expires_at
+            self._draw(policy.kek.spi, group.kek.expires_at, now)
         for tek in group.teks:
             self._draw(tek.spi, tek.expires_at, now)
         self._forced = self._cause = None
-        self._kek_expected = kek is not None
+        self._kek_expected = policy.kek is not None
         return self._output(out)
 
     def receive_push(self, datagram: bytes, source: Address, now: float) -> RekeyOutput:
@@ -530,7 +547,7 @@ class GroupRekey:
         for tek in pushed.teks:
             held = teks.get(tek.spi)
             if held is not None and held.keys == tek.keys:
-                restated.append(replace(tek, installed_at=held.installed_at))
+                restated.append(_known_end(tek, held))
             elif tek.suite.counter_mode and group.sender_ids is None:
                 name = _name("TEK", tek.spi)
                 self._force(now, f"push SEQ {seq} brought counter-mode {name} and the member holds no sender ID")
