@@ -17,6 +17,12 @@ the list until one answers (seed, "Connecting with Multiple Cooperative
 GC/KSs").  A failed PULL tears its IKE SA down with an informational
 delete (RFC 6407 §3.3), so the next attempt starts from a fresh Phase 1.
 
+Between registrations each VPN's ``gm.rekey.GroupRekey`` keeps its group
+current: a GROUPKEY-PUSH goes to the one holding its KEK (the header's
+cookie pair), and when it says so -- a pull rekey point, or a push that
+took the keys away -- the VPN registers again as above.  A refusal after
+a push took the keys completes a removal from the group.
+
 Installed SAs go to the shared ``SaDatabase``; everything else an
 operator or a log needs leaves as typed events.  Times are the driver's
 monotonic clock; nothing here reads a clock, a socket or a random source
@@ -54,6 +60,7 @@ from ..wire.errors import WireError
 from ..wire.isakmp import Identification
 from ..wire.message import Header
 from ..wire.numbers import GDOI_PORT, ExchangeType
+from .rekey import GroupRekey, RekeyEvent, RekeyOutput
 from .sadb import Expired, SaDatabase
 
 Rng = Callable[[int], bytes]
@@ -282,7 +289,7 @@ class SaExpired:
         return f"group {e.group_id}: {e.kind} {_spi(e.spi)} expired"
 
 
-MemberEvent = Registered | AttemptFailed | ServerSwitched | SasCleared | IkeSaUp | IkeSaDown | SaExpired
+MemberEvent = Registered | AttemptFailed | ServerSwitched | SasCleared | IkeSaUp | IkeSaDown | SaExpired | RekeyEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,7 +379,10 @@ class Member:
         self.timing = timing
         self.stats: collections.Counter[str] = collections.Counter()
         self._rng = rng
-        self._vpns = {v.name: Registration(v) for v in vpns}
+        self._vpns: dict[str, Registration] = {}
+        self._rekeys: dict[str, GroupRekey] = {}
+        for settings in vpns:
+            self._add(settings)
         self._links: dict[str, bool] = {}
         self._connections: dict[Address, Connection] = {}
 
@@ -394,6 +404,7 @@ class Member:
     def timer(self) -> float | None:
         times = [c.timer for c in self._connections.values()]
         times += [r.retry_at for r in self._vpns.values()]
+        times += [r.next_deadline for r in self._rekeys.values()]
         times.append(self.sadb.next_expiry(self._group_ids))
         return min((t for t in times if t is not None), default=None)
 
@@ -408,7 +419,7 @@ class Member:
             return self._output(out)
         connection = self._connections.get(addr)
         if header.exchange == ExchangeType.GROUPKEY_PUSH:
-            self.stats["GROUPKEY-PUSH not handled yet"] += 1
+            self._push(out, datagram, header, addr, now)
         elif connection is None:
             self.stats["datagrams from unknown peers"] += 1
         elif header.exchange == ExchangeType.GROUPKEY_PULL and header.message_id != 0:
@@ -432,6 +443,12 @@ class Member:
         for registration in self._vpns.values():
             due = registration.retry_at is not None and now >= registration.retry_at
             if registration.state is VpnState.WAITING and due:
+                self._attempt(out, registration, now)
+        for name, rekey in self._rekeys.items():
+            self._rekeyed(out, rekey.handle_timer(now))
+            registration = self._vpns[name]
+            if registration.state is VpnState.REGISTERED and rekey.pull_due(now):
+                out.events.append(rekey.pull_started(now))
                 self._attempt(out, registration, now)
         out.events += [SaExpired(e) for e in self.sadb.expire(now, self._group_ids)]
         return self._output(out)
@@ -483,7 +500,7 @@ class Member:
             stale.update((server, gateway.server_port) for server in gateway.servers)
             reason = "configuration changed" if name in wanted else "removed from the configuration"
             self._stop(out, registration, reason, now)
-            del self._vpns[name]
+            del self._vpns[name], self._rekeys[name]
         servers = {(s, v.gateway.server_port): v.gateway.phase1() for v in vpns for s in v.gateway.servers}
         for address, connection in list(self._connections.items()):
             config = servers.get(address)
@@ -491,7 +508,7 @@ class Member:
                 self._close(out, connection, now)
         for settings in vpns:
             if settings.name not in self._vpns:
-                registration = self._vpns[settings.name] = Registration(settings)
+                registration = self._add(settings)
                 if self._up(settings):
                     self._start(out, registration, now)
         return self._output(out)
@@ -507,6 +524,12 @@ class Member:
         return self._output(out)
 
     # -- registrations --------------------------------------------------------------------
+
+    def _add(self, settings: VpnSettings) -> Registration:
+        registration = self._vpns[settings.name] = Registration(settings)
+        local = ip_address(settings.gateway.local_address)
+        self._rekeys[settings.name] = GroupRekey(settings.group_id, self.sadb, local, rng=self._rng)
+        return registration
 
     def _start(self, out: _Collector, registration: Registration, now: float) -> None:
         registration.server_index = registration.failures = 0
@@ -549,7 +572,7 @@ class Member:
                 self._next_pull(out, connection, now)
         registration.state = VpnState.DOWN
         registration.retry_at = registration.registered_at = None
-        if self.sadb.clear(registration.settings.group_id):
+        if self._rekeys[name].clear():
             out.events.append(SasCleared(name, registration.settings.group_id, reason))
 
     def _failed(self, out: _Collector, name: str, server: Address, failure: Failure, reason: str, now: float) -> None:
@@ -562,6 +585,8 @@ class Member:
         registration.state = VpnState.WAITING
         registration.retry_at = now + interval
         out.events.append(event)
+        if failure is Failure.REFUSED and (removed := self._rekeys[name].refused(reason)) is not None:
+            out.events.append(removed)
         servers = registration.settings.gateway.servers
         if registration.failures > self.timing.retries:
             attempts = registration.failures
@@ -580,7 +605,12 @@ class Member:
         registration = self._vpns[name]
         message_id = session.message_id()
         initiator = PullInitiator(
-            session.sa, registration.settings.group_id, message_id, retransmit=self.timing.pull, rng=self._rng
+            session.sa,
+            registration.settings.group_id,
+            message_id,
+            last_push=self._rekeys[name].last_push,
+            retransmit=self.timing.pull,
+            rng=self._rng,
         )
         connection.pull = _Pull(name, message_id, initiator)
         registration.state = VpnState.REGISTERING
@@ -634,7 +664,7 @@ class Member:
     def _registered(self, out: _Collector, name: str, server: Address, event: RegistrationComplete, now: float) -> None:
         registration = self._vpns[name]
         policy = event.policy
-        self.sadb.install(policy, event.seq, now)
+        self._rekeyed(out, self._rekeys[name].registered(policy, event.seq, now))
         registration.state = VpnState.REGISTERED
         registration.failures = 0
         registration.registered_at = now
@@ -642,6 +672,21 @@ class Member:
         spis = tuple(dict.fromkeys(t.spi for t in policy.sa.permits))
         kek = policy.kek.spi if policy.kek is not None else None
         out.events.append(Registered(name, policy.group_id, server[0], kek, spis, event.seq))
+
+    # -- rekeying ------------------------------------------------------------------------------
+
+    def _push(self, out: _Collector, datagram: bytes, header: Header, addr: Address, now: float) -> None:
+        """A GROUPKEY-PUSH goes to the group holding its KEK, named by the header's cookie pair."""
+        spi = header.icookie + header.rcookie
+        rekey = next((r for r in self._rekeys.values() if r.holds(spi)), None)
+        if rekey is None:
+            self.stats["GROUPKEY-PUSH under unknown KEKs"] += 1
+        else:
+            self._rekeyed(out, rekey.receive_push(datagram, addr, now))
+
+    def _rekeyed(self, out: _Collector, result: RekeyOutput) -> None:
+        out.datagrams += result.datagrams
+        out.events += result.events
 
     def _close(self, out: _Collector, connection: Connection, now: float) -> None:
         """Delete the IKE SA (or drop Phase 1 in progress); registrations waiting or under way start over."""

@@ -6,8 +6,10 @@ instance (network namespace) when it names one.  The interfaces a VPN's
 service set is applied to live in that same namespace, so one
 ``LinkWatcher`` per namespace reports them to the cores there.  All cores
 install into one ``SaDatabase``.  Each registration, failed attempt (with
-its reason), server switch and clearing of SAs becomes one log line; keys
-and pre-shared keys never do.
+its reason), server switch and clearing of SAs becomes one log line, as
+does each push applied or dropped (with why), SA activated or
+deactivated, pull rekey started and removal from a group; keys and
+pre-shared keys never do.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from ..gm.member import (
     VpnSettings,
     check_vpns,
 )
+from ..gm.rekey import PullRekeyStarted, PushApplied, PushDropped, Removed, SaActivated, SaDeactivated
 from ..gm.sadb import SaDatabase
 from ..gm.views import (
     MemberState,
@@ -109,6 +112,12 @@ def describe(event: MemberEvent) -> tuple[int, str]:
         return level, event.message
     if isinstance(event, ServerSwitched):
         return logging.WARNING, event.message
+    if isinstance(event, Removed):
+        return logging.ERROR, event.text
+    if isinstance(event, PushDropped):  # replays and forgeries among them
+        return logging.WARNING, event.text
+    if isinstance(event, PushApplied | SaActivated | SaDeactivated | PullRekeyStarted):
+        return logging.INFO, event.text
     assert isinstance(event, Registered | SasCleared | IkeSaUp | IkeSaDown | SaExpired)
     return logging.INFO, event.message
 
