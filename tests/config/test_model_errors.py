@@ -259,6 +259,16 @@ MEMBER_CASES = {
             )
         ],
     ),
+    "an IPv4 address in family inet6": (
+        ["set interfaces eth2 unit 0 family inet6 address 198.18.0.9/24"],
+        [
+            At(
+                "198.18.0.9/24",
+                "198.18.0.9/24",
+                "invalid value '198.18.0.9/24' for 'address' (expected an IPv6 address/length)",
+            )
+        ],
+    ),
     "an IPv6 address in family inet": (
         ["set interfaces eth2 unit 0 family inet address 2001:db8::1/64"],
         [

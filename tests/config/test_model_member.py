@@ -84,6 +84,28 @@ def test_defaults_ipv6_and_a_hexadecimal_key():
     assert [(s.name, s.lifetime) for s in gateway.policy.suites] == [("aes256-sha384-ecp384", 3600)]
 
 
+def test_service_sets_apply_under_family_inet6_and_once_under_both_families():
+    text = TEXT + "".join(
+        f"{line}\n"
+        for line in [
+            "set interfaces eth2 unit 0 family inet6 service output service-set gvpn",
+            "set interfaces eth2 unit 0 family inet6 address 2001:2::11/64",
+            "set interfaces eth1 unit 0 family inet6 service output service-set gvpn",
+            "set interfaces eth1 unit 0 family inet6 address 2001:2:0:1::2/64",
+        ]
+    )
+    config = load_member(text)
+    eth1 = InterfaceUnit("eth1", 0, (ip_interface("198.18.0.2/30"), ip_interface("2001:2:0:1::2/64")))
+    eth2 = InterfaceUnit("eth2", 0, (ip_interface("2001:2::11/64"),))
+    assert config.interfaces == (eth1, eth2)
+    service_set = config.vpn("lan").service_set
+    assert service_set is not None and service_set.attachments == (
+        ServiceAttachment(eth1, Direction.INPUT, "bypass-bgp"),
+        ServiceAttachment(eth1, Direction.OUTPUT),
+        ServiceAttachment(eth2, Direction.OUTPUT),
+    )
+
+
 def test_two_groups_in_two_service_sets():
     text = TEXT + "".join(
         f"{line}\n"

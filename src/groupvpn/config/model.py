@@ -24,7 +24,8 @@ Defaults and ranges (Junos's where Junos states one; seconds unless said):
   default clear; at most 10 fail-open rules, each with both addresses.
 * service set: exactly one ``ipsec-group-vpn``, and a VPN in at most one
   service set; interfaces are Linux interface names, units 0..16384,
-  ``family inet`` addresses IPv4 address/length.
+  service sets apply under ``family inet`` or ``inet6`` (both: once), whose
+  addresses are IPv4 or IPv6 address/length.
 * key server: its one address is ``listen-address`` or else the groups'
   ``server-address``; every ``server-address`` and gateway ``local-address``
   must equal it.  ``port`` default 848; ``state-file`` (an absolute path)
@@ -62,7 +63,6 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from ipaddress import IPv4Interface
 from pathlib import Path
 from typing import TypeVar
 
@@ -96,9 +96,11 @@ from .values import (
     CommunicationType,
     DfBit,
     Direction,
+    InterfaceAddress,
     Prefix,
     absolute_path,
     address,
+    inet6_address,
     inet_address,
     instance_name,
     integer,
@@ -181,11 +183,11 @@ class FailOpenRule:
 
 @dataclass(frozen=True)
 class InterfaceUnit:
-    """A logical interface: ``unit`` of the Linux interface ``interface``, with its IPv4 addresses."""
+    """A logical interface: ``unit`` of the Linux interface ``interface``, with its addresses (both families)."""
 
     interface: str
     unit: int
-    addresses: tuple[IPv4Interface, ...] = ()
+    addresses: tuple[InterfaceAddress, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -629,8 +631,11 @@ def _fail_open(checker: _Checker, node: Node | None, label: str) -> tuple[FailOp
     return tuple(rules)
 
 
-def _interfaces(checker: _Checker, interfaces: Node | None) -> tuple[tuple[InterfaceUnit, Node | None], ...]:
-    """Every ``interfaces NAME unit N``, with its ``family inet`` (which applies service sets)."""
+_FAMILY_ADDRESSES = {"inet": inet_address, "inet6": inet6_address}
+
+
+def _interfaces(checker: _Checker, interfaces: Node | None) -> tuple[tuple[InterfaceUnit, tuple[Node, ...]], ...]:
+    """Every ``interfaces NAME unit N``, with its ``family inet`` and ``inet6`` (which apply service sets)."""
     if interfaces is None:
         return ()
     units = []
@@ -642,11 +647,11 @@ def _interfaces(checker: _Checker, interfaces: Node | None) -> tuple[tuple[Inter
             continue
         for unit in interface.children_named("unit"):
             number = checker.parse(unit, integer(0, MAX_UNIT))
-            inet = unit.child("family", "inet")
-            written = () if inet is None else inet.children_named("address")
-            addresses = tuple(checker.parse(a, inet_address) for a in written)
+            families = tuple(f for f in (unit.child("family", n) for n in _FAMILY_ADDRESSES) if f is not None)
+            written = ((a, _FAMILY_ADDRESSES[f.value]) for f in families for a in f.children_named("address"))
+            addresses = tuple(checker.parse(a, parse) for a, parse in written)
             if number is not None and None not in addresses:
-                units.append((InterfaceUnit(name, number, _valid(addresses)), inet))
+                units.append((InterfaceUnit(name, number, _valid(addresses)), families))
     return tuple(units)
 
 
@@ -654,23 +659,25 @@ def _service_sets(
     checker: _Checker,
     services: Node | None,
     vpns: tuple[Node, ...],
-    units: tuple[tuple[InterfaceUnit, Node | None], ...],
+    units: tuple[tuple[InterfaceUnit, tuple[Node, ...]], ...],
 ) -> tuple[ServiceSet, ...]:
     """Service sets with their VPN checked and the interface units they are applied to."""
     nodes = () if services is None else services.children_named("service-set")
     defined = {node.value: node for node in nodes}
     vpn_names = {node.value: node.value for node in vpns}
     attachments: dict[str, list[ServiceAttachment]] = {name: [] for name in defined}
-    for unit, inet in units:
-        for direction in Direction:
-            way = _descend(inet, "service", direction.value)
-            for applied in () if way is None else way.children_named("service-set"):
-                if checker.reference(applied, 0, defined, "service-set") is not None:
-                    service_filter = applied.child("service-filter")
-                    attachment = ServiceAttachment(
-                        unit, direction, None if service_filter is None else service_filter.value
-                    )
-                    attachments[applied.value].append(attachment)
+    for unit, families in units:
+        for family in families:
+            for direction in Direction:
+                way = _descend(family, "service", direction.value)
+                for applied in () if way is None else way.children_named("service-set"):
+                    if checker.reference(applied, 0, defined, "service-set") is not None:
+                        service_filter = applied.child("service-filter")
+                        attachment = ServiceAttachment(
+                            unit, direction, None if service_filter is None else service_filter.value
+                        )
+                        if attachment not in attachments[applied.value]:  # applied in both families
+                            attachments[applied.value].append(attachment)
     sets = []
     owners: dict[str, str] = {}
     for node in nodes:

@@ -11,6 +11,8 @@ model's job (``model.py``, which also states the defaults).
 Project extensions, for what a Junos device configures elsewhere or not at all:
 
 * member ``ike gateway NAME server-port PORT``: the key servers' GDOI port (848).
+* member ``interfaces ... family inet6 service``: a service set applied to
+  an IPv6 interface (MX Group VPNv2 runs over IPv4 only).
 * server ``listen-address ADDRESS [routing-instance NAME]`` and ``port
   PORT``: the one address and UDP port the key server answers on, which
   is also its Phase 1 identity (default: the groups' ``server-address``,
@@ -109,7 +111,7 @@ INTERFACES = container(
                     *(container(way, named("service-set", leaf("service-filter"))) for way in choices(Direction)),
                 ),
                 named("address"),
-                choices=("inet",),
+                choices=("inet", "inet6"),
             ),
         ),
     ),

@@ -19,6 +19,7 @@ from ipaddress import (
     IPv4Interface,
     IPv4Network,
     IPv6Address,
+    IPv6Interface,
     IPv6Network,
     ip_address,
     ip_interface,
@@ -191,15 +192,27 @@ def prefix(text: str) -> Prefix:
         raise ValueError("expected an IPv4 or IPv6 prefix (address/length)") from None
 
 
-def inet_address(text: str) -> IPv4Interface:
-    """An interface address of ``family inet``: IPv4 ``address/length``."""
+InterfaceAddress = IPv4Interface | IPv6Interface
+
+
+def _interface_address(text: str, version: int) -> InterfaceAddress:
     try:
         interface = ip_interface(text)
     except ValueError:
         interface = None
-    if not isinstance(interface, IPv4Interface) or "/" not in text:
-        raise ValueError("expected an IPv4 address/length")
+    if interface is None or interface.version != version or "/" not in text:
+        raise ValueError(f"expected an IPv{version} address/length")
     return interface
+
+
+def inet_address(text: str) -> InterfaceAddress:
+    """An interface address of ``family inet``: IPv4 ``address/length``."""
+    return _interface_address(text, 4)
+
+
+def inet6_address(text: str) -> InterfaceAddress:
+    """An interface address of ``family inet6``: IPv6 ``address/length``."""
+    return _interface_address(text, 6)
 
 
 def absolute_path(text: str) -> Path:
