@@ -281,19 +281,58 @@ def test_reload_removing_a_vpn_clears_it_and_adding_one_registers_it(store):
     assert lab.state("two") == "REGISTERED"
 
 
-def test_a_restarted_key_server_serves_the_same_keys_after_the_stale_ike_sa_fails(store, tmp_path):
+def test_a_restarted_key_server_is_found_out_by_a_probe_and_serves_the_same_keys_over_a_fresh_phase_1(store):
     lab = Lab.make([vpn()], {KS1: key_server(store)})
     lab.link(True)
     first = lab.sadb.groups[1]
     lab.servers[KS1] = key_server(store, now=lab.now)  # kill -9 and restart: same store, no IKE SAs
+    sent = len(lab.sent)
     lab.call(lambda now: lab.member.clear(now))
-    lab.run(lambda: lab.state() == "REGISTERED")
-    (failed,) = lab.of(AttemptFailed)
-    assert failed.failure is Failure.NO_RESPONSE and "GROUPKEY-PULL message 1" in failed.reason
-    assert len(lab.of(IkeSaUp)) == 2
+    took = lab.run(lambda: lab.state() == "REGISTERED")
+    # PULL message 1 at 0 s; resent at 1 s with the first R-U-THERE; probes at 2 and 3 s (the PULL
+    # is resent again at 3 s); the SA is dead at 4 s: Main Mode and the PULL on a fresh IKE SA.
+    assert took == 4.0 and lab.of(AttemptFailed) == []
+    assert exchanges(lab)[sent:] == ["GROUPKEY_PULL"] * 2 + ["INFORMATIONAL"] * 3 + ["GROUPKEY_PULL"] + [
+        "IDENTITY_PROTECTION"
+    ] * 3 + ["GROUPKEY_PULL"] * 2
+    (down,) = lab.of(IkeSaDown)
+    assert down.reason is DeleteReason.DEAD_PEER and len(lab.of(IkeSaUp)) == 2
+    assert lab.member.stats["IKE SAs the key server forgot"] == 1
     again = lab.sadb.groups[1]
     assert again.kek is not None and first.kek is not None and again.kek.spi == first.kek.spi
     assert [t.spi for t in again.teks] == [t.spi for t in first.teks]
+
+
+def test_a_lost_pull_under_a_used_ike_sa_is_probed_and_the_answer_keeps_the_sa(lab):
+    lab.link(True)
+    lab.apply(lab.member.clear(lab.now))
+    lab.in_flight.clear()  # PULL message 1 is lost
+    sent = len(lab.sent)
+    took = lab.run(lambda: lab.state() == "REGISTERED")
+    assert took == 1.0 and exchanges(lab)[sent:] == ["GROUPKEY_PULL", "INFORMATIONAL", "GROUPKEY_PULL"]
+    assert lab.of(IkeSaDown) == [] and len(lab.of(IkeSaUp)) == 1
+
+
+def test_a_lost_pull_under_a_fresh_ike_sa_is_only_resent(lab):
+    lab.apply(lab.member.link_changed("eth1", True, lab.now))
+    while not lab.of(IkeSaUp):
+        lab.step()
+    (pull,) = lab.in_flight
+    assert ExchangeType(Header.decode(pull[2]).exchange) is ExchangeType.GROUPKEY_PULL
+    lab.in_flight.clear()
+    sent = len(lab.sent)
+    assert lab.run(lambda: lab.state() == "REGISTERED") == 1.0
+    assert exchanges(lab)[sent:] == ["GROUPKEY_PULL"] * 2
+
+
+def test_a_key_server_gone_for_good_fails_over_sooner_once_the_probe_ends_the_stale_sa(store):
+    lab = Lab.make([vpn()], {KS1: key_server(store)})
+    lab.link(True)
+    lab.servers.clear()
+    lab.call(lambda now: lab.member.clear(now))
+    took = lab.run(lambda: bool(lab.of(AttemptFailed)))
+    (failed,) = lab.of(AttemptFailed)
+    assert took == 4.0 + IKE_GIVE_UP and failed.failure is Failure.NO_RESPONSE and failed.reason.startswith("Phase 1: ")
 
 
 def test_sas_expire_at_their_lifetime(lab):
