@@ -11,7 +11,7 @@ so a refusal is visible whatever an operator looks at.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -229,3 +229,48 @@ def policy(state: MemberState, group_id: int | None = None) -> View:
                 }
             )
     return {"title": "Group VPN member policy", "records": records, "notes": _not_registered(registrations)}
+
+
+_TRAFFIC = ("encrypted_packets", "decrypted_packets", "clear_packets", "dropped_packets")
+_DETAIL = (
+    "outbound_packets",
+    "outbound_bytes",
+    "encrypted_bytes",
+    "inbound_packets",
+    "inbound_bytes",
+    "decrypted_bytes",
+    "write_errors",
+    "policy_version",
+    "rejected_updates",
+)
+
+
+def ipsec_statistics(
+    state: MemberState,
+    dataplanes: Mapping[str, tuple[str, Mapping[str, Any] | None]],
+    group_id: int | None = None,
+    detail: bool = False,
+) -> View:
+    """One record per group VPN: its data plane's state, packet counters and drops by reason.
+
+    ``dataplanes`` maps a VPN to its data plane's status line and counters
+    (summed over its workers; None while it does not run).
+    """
+    registrations = state.registrations(group_id)
+    records = []
+    for registration in registrations:
+        name = registration.settings.name
+        status, counters = dataplanes.get(name, ("none", None))
+        found = counters or {}
+        record: dict[str, Any] = {"vpn": name, "group": registration.settings.group_id, "data_plane": status}
+        record |= {field: found.get(field, 0) for field in _TRAFFIC}
+        if detail:
+            record |= {field: found.get(field) for field in _DETAIL}
+        record["drops"] = dict(found.get("drops", {}))
+        records.append(record)
+    notes = ["Counters are per data plane since it started (summed over its workers), not per SPI"]
+    return {
+        "title": "Group VPN member IPsec statistics",
+        "records": records,
+        "notes": notes + _not_registered(registrations),
+    }

@@ -7,6 +7,10 @@ and this command exits 0, or 1 with the reason it did not start.
 ``groupvpn member reload`` makes the running daemon re-read its file (as
 SIGHUP does) and prints the outcome: a configuration with problems is
 refused, listing them, and the running one stays.
+
+Each VPN whose service set is applied to an interface gets a data plane
+(TUN devices and worker processes, ``--dataplane-workers`` of them, one
+per CPU by default); ``--no-dataplane`` runs the control plane only.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from ..runtime import daemon
 from ..runtime.control import ControlError, call
 from ..runtime.member_daemon import MemberDaemon, load
+from ..runtime.member_dataplane import DataplaneOptions
 from .show import ROLE_SOCKETS
 
 
@@ -38,6 +43,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--log-file", type=Path, help="log here (default: stderr in the foreground, else /var/log/groupvpn/member.log)"
     )
     member.add_argument("--foreground", action="store_true", help="do not detach; log to stderr unless --log-file")
+    member.add_argument(
+        "--dataplane-workers", type=_positive, metavar="N", help="packet workers per data plane (default: one per CPU)"
+    )
+    member.add_argument(
+        "--no-dataplane", dest="dataplane", action="store_false", help="run the control plane only (no packet path)"
+    )
     member.set_defaults(func=run)
 
 
@@ -52,11 +63,18 @@ def run(args: argparse.Namespace) -> int:
         return daemon.EXIT_FAILED
     return daemon.run(
         "member",
-        lambda: MemberDaemon.start(config),
+        lambda: MemberDaemon.start(config, DataplaneOptions(args.dataplane, args.dataplane_workers)),
         control_path=args.socket.resolve(),
         foreground=args.foreground,
         log_file=None if args.log_file is None else args.log_file.resolve(),
     )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} workers: at least one is needed")
+    return value
 
 
 def _reload(socket: Path) -> int:

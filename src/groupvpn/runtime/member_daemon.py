@@ -9,7 +9,8 @@ install into one ``SaDatabase``.  Each registration, failed attempt (with
 its reason), server switch and clearing of SAs becomes one log line, as
 does each push applied or dropped (with why), SA activated or
 deactivated, pull rekey started and removal from a group; keys and
-pre-shared keys never do.
+pre-shared keys never do.  ``MemberDataplanes`` runs each VPN's data
+plane from that database (unless ``--no-dataplane``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.model import MemberVpn, load_member
+from ..gm.dataplane_bridge import TrafficSettings
 from ..gm.member import (
     AttemptFailed,
     Failure,
@@ -35,6 +37,7 @@ from ..gm.member import (
     Member,
     MemberEvent,
     Registered,
+    Registration,
     SaExpired,
     SasCleared,
     ServerSwitched,
@@ -48,12 +51,14 @@ from ..gm.views import (
     UnknownGroup,
     ike_security_associations,
     ipsec_security_associations,
+    ipsec_statistics,
     kek_security_associations,
     policy,
 )
 from ..wire.numbers import GDOI_PORT
 from .control import ControlError, Request
 from .daemon import StartupError, load_config, udp_socket
+from .member_dataplane import DataplaneOptions, MemberDataplanes
 from .netlink import Link, LinkWatcher
 from .udp import UdpDriver
 
@@ -82,7 +87,7 @@ def _settings(vpn: MemberVpn) -> VpnSettings:
             gateway.server_port,
         ),
         frozenset(a.unit.interface for a in applied),
-        traffic=(vpn.match_direction, vpn.df_bit, vpn.fail_open),
+        traffic=TrafficSettings.of(vpn),
     )
 
 
@@ -137,7 +142,7 @@ class _Socket:
 class MemberDaemon:
     """A running member; ``start`` builds one, ``daemon.run`` serves it."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, dataplane: DataplaneOptions = DataplaneOptions()) -> None:
         self.config_path = config_path
         self.sadb = SaDatabase()
         self._loop = asyncio.get_running_loop()
@@ -145,11 +150,14 @@ class MemberDaemon:
         self._watchers: dict[str | None, LinkWatcher] = {}
         self._links: dict[str | None, dict[str, bool]] = defaultdict(dict)
         self._reloads: set[asyncio.Task[None]] = set()
+        self.dataplanes = MemberDataplanes(
+            self.sadb, self._registration, lambda ri, name: self._links[ri].get(name, False), dataplane
+        )
 
     @classmethod
-    async def start(cls, config_path: Path) -> MemberDaemon:
+    async def start(cls, config_path: Path, dataplane: DataplaneOptions = DataplaneOptions()) -> MemberDaemon:
         config = load_config(config_path, load)
-        daemon = cls(config_path)
+        daemon = cls(config_path, dataplane)
         try:
             await daemon._apply(config)
         except BaseException:
@@ -181,6 +189,7 @@ class MemberDaemon:
             for vpn in vpns:
                 if not vpn.interfaces:
                     log.warning("vpn %s: its service set is applied to no interface, so it does not register", vpn.name)
+        self.dataplanes.configure(vpn for vpns in config.values() for vpn in vpns)
 
     async def _open(self, binding: Binding, vpns: tuple[VpnSettings, ...]) -> _Socket:
         routing_instance, address = binding
@@ -208,6 +217,7 @@ class MemberDaemon:
             log.info("interface %s%s is %s", link.name, where, "up" if link.up else "down")
         for running in cores:
             running.driver.step(partial(running.member.link_changed, link.name, link.up))
+        self.dataplanes.link_changed(namespace, link.name)
 
     def reload(self) -> None:
         """SIGHUP: re-read the configuration; an invalid one is logged and the running one kept."""
@@ -236,6 +246,9 @@ class MemberDaemon:
         return [f"configuration reloaded: vpn {names}"]
 
     # -- control socket -------------------------------------------------------------------------
+
+    def _registration(self, vpn: str) -> Registration | None:
+        return next((r for s in self._sockets.values() if (r := s.member.registrations.get(vpn)) is not None), None)
 
     def _state(self) -> MemberState:
         now = self._loop.time()
@@ -269,7 +282,7 @@ class MemberDaemon:
         if topic == "policy":
             return policy(state, group)
         if topic == "ipsec-statistics":
-            raise ControlError("no data plane runs in this member yet, so there are no IPsec statistics")
+            return ipsec_statistics(state, self.dataplanes.statistics(), group, detail)
         raise ControlError(f"the member has no '{topic}' to show")
 
     def _clear(self, group: int | None) -> Any:
@@ -284,7 +297,7 @@ class MemberDaemon:
     # -- shutdown ---------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Delete the IKE SAs (telling the key servers), then close sockets and watchers."""
+        """Delete the IKE SAs (telling the key servers), close sockets and watchers, stop the data planes."""
         for running in self._sockets.values():
             running.driver.step(running.member.close)
         for binding in list(self._sockets):
@@ -292,10 +305,12 @@ class MemberDaemon:
         for watcher in self._watchers.values():
             watcher.close()
         self._watchers.clear()
+        await self.dataplanes.close()
 
     async def _log_events(self, driver: UdpDriver) -> None:
         while True:
             _log(await driver.events.get())
+            self.dataplanes.poke()
 
     def _log_pending(self, driver: UdpDriver) -> None:
         while not driver.events.empty():

@@ -1,0 +1,301 @@
+"""The member data plane end to end: `groupvpn ks` and three `groupvpn member` daemons in `groupvpn lab`'s topology.
+
+::
+
+    h1 198.19.1.2 -- lan|gm1|wan 198.18.1.2 --+
+    h2 198.19.2.2 -- lan|gm2|wan 198.18.2.2 --+-- WAN router -- ks 198.18.0.2
+    h3 198.19.3.2 -- lan|gm3|wan 198.18.3.2 --+
+
+``ops.lab`` builds the namespaces (names unique to the run, everything in
+198.18.0.0/15, no route out).  The key server's group protects LAN to LAN
+(198.19.0.0/16 both ways, AES-256-CBC with HMAC-SHA-256-128, a 5-s
+anti-replay window) except UDP discard (port 9, a deny entry).  Each
+member runs inside its namespace with its service set on ``wan`` (the
+lab's configuration), so ``lan`` is steered into its data plane.
+
+Hosts ping each other across the group; a capture on the WAN router,
+decoded by tshark with the keys `groupvpn export wireshark-keys` prints,
+shows ESP between the hosts' own addresses with good ICVs and, behind the
+timestamp shim, the packet h1 sent (one hop older); UDP discard crosses
+in clear; traffic no rule covers is dropped and counted.  Every wait is
+bounded; teardown stops the daemons and captures and deletes the
+namespaces, also after a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import dpkt
+import pytest
+from netns_lab import registered
+
+from groupvpn.ops.lab import Lab
+from groupvpn.ops.lab_configs import member_config
+from groupvpn.ops.netlab import build, destroy
+from groupvpn.wire.esp import TIMESTAMP_SHIM_SIZE, decode_timestamp_shim, ntp_timestamp, timestamp_delta
+from groupvpn.wire.ip import checksum_valid
+from groupvpn.wire.numbers import IpProtocol
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gm"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "interop"))
+from processes import PYTHON, Daemon, groupvpn, wait_for  # noqa: E402
+from tshark import read_fields  # noqa: E402
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.tshark,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, TUN devices)"),
+    pytest.mark.skipif(
+        None in (shutil.which("ip"), shutil.which("tcpdump"), shutil.which("tshark")),
+        reason="needs iproute2, tcpdump and tshark (`make test` installs them)",
+    ),
+    pytest.mark.timeout(300),
+]
+
+PSK = "data-plane-lab-members-key"
+WINDOW = 5
+DISCARD = 9
+DECRYPT = ["esp.enable_encryption_decode:TRUE", "esp.enable_authentication_check:TRUE"]
+
+
+def ks_conf(lab: Lab, state_file: Path) -> str:
+    members = " ".join(str(lab.member_wan(n).ip) for n in lab.numbers)
+    return f"""\
+security {{
+    group-vpn {{
+        server {{
+            listen-address {lab.ks_address.ip};
+            state-file {state_file};
+            ike {{
+                proposal p1 {{
+                    authentication-method pre-shared-keys;
+                    authentication-algorithm sha-256;
+                    dh-group group14;
+                    encryption-algorithm aes-128-cbc;
+                    lifetime-seconds 3600;
+                }}
+                policy gms {{ mode main; proposals p1; pre-shared-key ascii-text "{PSK}"; }}
+                gateway gms {{ ike-policy gms; address [ {members} ]; }}
+            }}
+            ipsec {{
+                proposal aes256-sha256 {{
+                    authentication-algorithm hmac-sha-256-128;
+                    encryption-algorithm aes-256-cbc;
+                    lifetime-seconds 3600;
+                }}
+            }}
+            group lab {{
+                group-id 1;
+                ike-gateway gms;
+                anti-replay-time-window {WINDOW};
+                ipsec-sa lans {{
+                    proposal aes256-sha256;
+                    match-policy lans {{ source 198.19.0.0/16; destination 198.19.0.0/16; }}
+                    match-policy discard {{
+                        source 198.19.0.0/16;
+                        destination 198.19.0.0/16;
+                        protocol udp;
+                        destination-port {DISCARD};
+                        action deny;
+                    }}
+                }}
+            }}
+        }}
+    }}
+}}
+"""
+
+
+@dataclass
+class GroupLab:
+    lab: Lab
+    directory: Path
+    daemons: dict[str, Daemon] = field(default_factory=dict)
+    captures: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self) -> None:
+        lab = self.lab
+        ks = Daemon("ks", "ks", self.directory, lab.ks).write(ks_conf(lab, self.directory / "ks.db"))
+        self.daemons["ks"] = ks.start()
+        for n in lab.numbers:
+            text = member_config(lab.ks_address.ip, lab.member_wan(n), "wan", PSK)
+            member = Daemon("member", f"gm{n}", self.directory, lab.gm(n), extra=("--dataplane-workers", "1"))
+            self.daemons[f"gm{n}"] = member.write(text).launch()
+        for n in lab.numbers:
+            self.member(n).ready()
+
+    def member(self, n: int) -> Daemon:
+        return self.daemons[f"gm{n}"]
+
+    def host(self, n: int) -> str:
+        return str(self.lab.host_address(n).ip)
+
+    def run(self, namespace: str, *command: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        command = ("ip", "netns", "exec", namespace, *command)
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+    def ping(self, source: int, destination: str, count: int = 1) -> bool:
+        command = ("ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "2", destination)
+        return self.run(self.lab.host(source), *command).returncode == 0
+
+    def capture(self, namespace: str, interface: str, path: Path) -> subprocess.Popen[bytes]:
+        """tcpdump writing every packet at once (-U); returns when the file has its header (capturing)."""
+        command = ["ip", "netns", "exec", namespace, "tcpdump", "-i", interface, "-n", "-U", "-w", str(path)]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.captures.append(process)
+        wait_for(lambda: path.exists() and path.stat().st_size >= 24, timeout=10, what=f"tcpdump on {interface}")
+        return process
+
+    def statistics(self, n: int) -> dict[str, Any]:
+        (record,) = self.member(n).records("ipsec-statistics")
+        return dict(record)
+
+    def settled(self, n: int, quiet: float = 2.5) -> dict[str, Any]:
+        """gm``n``'s statistics once they have not changed for ``quiet`` s (workers report every second)."""
+        last: list[Any] = [None, time.monotonic()]
+
+        def unchanged() -> dict[str, Any] | None:
+            now = self.statistics(n)
+            if now != last[0]:
+                last[:] = [now, time.monotonic()]
+            return now if time.monotonic() - last[1] >= quiet else None
+
+        return wait_for(unchanged, timeout=20, what=f"gm{n}'s counters to settle")
+
+    def teardown(self) -> None:
+        for process in self.captures:
+            process.kill()
+            process.wait(10)
+        for daemon in self.daemons.values():
+            daemon.stop()
+        destroy(self.lab.namespaces)
+
+
+@pytest.fixture
+def group(tmp_path) -> Iterator[GroupLab]:
+    lab = Lab(f"gvdp{os.getpid() % 10000}{uuid.uuid4().hex[:4]}-", members=3)
+    group = GroupLab(lab, tmp_path)
+    try:
+        build(lab.topology(), lambda namespace: None)
+        yield group
+    finally:
+        group.teardown()
+
+
+def stop(capture: subprocess.Popen[bytes]) -> None:
+    capture.send_signal(signal.SIGTERM)
+    capture.wait(10)
+
+
+def ipv4_packets(pcap: Path) -> list[bytes]:
+    """The IPv4 packets of an Ethernet capture."""
+    with open(pcap, "rb") as f:
+        frames = [dpkt.ethernet.Ethernet(frame) for _, frame in dpkt.pcap.Reader(f)]
+    return [bytes(frame.data) for frame in frames if frame.type == dpkt.ethernet.ETH_TYPE_IP]
+
+
+def delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, int]:
+    counted = ("encrypted_packets", "decrypted_packets", "clear_packets")
+    change = {name: after[name] - before[name] for name in counted}
+    change["no_policy"] = after["drops"].get("no_policy", 0) - before["drops"].get("no_policy", 0)
+    return change
+
+
+def test_hosts_talk_across_the_group_in_esp_that_tshark_decrypts_with_the_exported_keys(group, tmp_path):
+    group.start()
+    members = [group.member(n) for n in group.lab.numbers]
+    for member in members:
+        wait_for(lambda m=member: registered(m), timeout=20, what=f"{member.name} to register")
+    for n in group.lab.numbers:
+        running = lambda n=n: group.statistics(n)["data_plane"].startswith("running")  # noqa: E731
+        wait_for(running, timeout=30, what=f"gm{n}'s data plane")
+    # Each member's policy reaches its workers shortly after registration: wait until traffic flows.
+    for destination in (2, 3):
+        wait_for(lambda d=destination: group.ping(1, group.host(d)), timeout=30, what=f"h1 to reach h{destination}")
+    wait_for(lambda: group.ping(2, group.host(3)), timeout=30, what="h2 to reach h3")
+    before = group.settled(1)
+
+    wan_pcap, lan_pcap = tmp_path / "wan.pcap", tmp_path / "lan.pcap"
+    wan = group.capture(group.lab.wan, "gm1", wan_pcap)  # the WAN router's link to gm1
+    lan = group.capture(group.lab.host(1), "eth0", lan_pcap)  # what h1 sends
+    assert group.ping(1, group.host(2), count=3)
+    assert group.ping(1, group.host(3), count=2)
+    send = "import socket, sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'in clear', (sys.argv[1], 9))"
+    for _ in range(2):
+        assert group.run(group.lab.host(1), PYTHON, "-c", send, group.host(2)).returncode == 0
+    assert not group.ping(1, str(group.lab.ks_address.ip))  # no rule covers LAN to the key server: dropped
+    time.sleep(0.5)  # the last replies cross the WAN link
+    stop(wan)
+    stop(lan)
+
+    # The keys, as an operator gets them.
+    refused = groupvpn("export", "wireshark-keys", "--socket", str(members[0].socket))
+    assert refused.returncode == 2 and refused.stdout == ""
+    exported = groupvpn(
+        "export", "wireshark-keys", "--socket", str(members[0].socket), "--show-keys", "--format", "tshark"
+    )
+    assert exported.returncode == 0 and "WARNING" in exported.stderr, exported.stderr
+    rows = exported.stdout.splitlines()
+    (tek,) = members[0].records("ipsec-security-associations")
+    spi = int(tek["spi"], 16)
+    assert len(rows) == 2 and all(f'"0x{spi:08x}","AES-CBC [RFC3602]"' in row for row in rows)
+
+    fields = ["ip.src", "ip.dst", "ip.proto", "esp.spi", "esp.icv_good", "esp.decrypted_data", "esp.contained_data",
+              "udp.dstport", "data.data", "frame.time_epoch"]  # fmt: skip
+    frames = read_fields(wan_pcap, fields, prefs=[*DECRYPT, *rows])
+    esp = [f for f in frames if f.values("ip.proto")[:1] == (str(IpProtocol.ESP.value),)]
+    clear = [f for f in frames if f not in esp]
+    hosts = {group.host(n) for n in group.lab.numbers}
+    # 3 echo requests to h2 and 2 to h3 leave gm1 and 5 replies come back, and h2 answers each discard
+    # datagram with ICMP port unreachable, which the group encrypts (only UDP discard is denied).
+    assert len(esp) == 12, [f.fields for f in frames]
+    inner_packets = []
+    for frame in esp:
+        assert frame.ints("esp.spi") == (spi,) and frame.ints("esp.icv_good") == (1,)
+        assert frame.values("ip.src")[0] in hosts and frame.values("ip.dst")[0] in hosts
+        (decrypted,) = frame.hexes("esp.decrypted_data")
+        assert decrypted[-1] == IpProtocol.EXPERIMENT_253  # Next Header: the timestamp shim (the group has a window)
+        (contained,) = frame.hexes("esp.contained_data")
+        next_header, stamp = decode_timestamp_shim(contained)
+        sent_at = float(frame.values("frame.time_epoch")[0])
+        assert next_header == IpProtocol.IPV4 and abs(timestamp_delta(stamp, ntp_timestamp(sent_at))) < 2 << 32
+        inner = contained[TIMESTAMP_SHIM_SIZE:]
+        assert checksum_valid(inner[:20])
+        inner_addresses = (str(IPv4Address(inner[12:16])), str(IPv4Address(inner[16:20])))
+        assert inner_addresses == (frame.values("ip.src")[0], frame.values("ip.dst")[0])  # header preservation
+        inner_packets.append(inner)
+    # What h1 sent is inside, unchanged but for the hop through gm1 (TTL, hence checksum).
+    echo_requests = [p for p in ipv4_packets(lan_pcap) if p[9] == IpProtocol.ICMP and p[20] == 8]
+    requests = [p for p in echo_requests if str(IPv4Address(p[16:20])) in hosts]
+    assert len(requests) == 5
+    unreachable = [p for p in inner_packets if p[9] == IpProtocol.ICMP and p[20:22] == bytes((3, 3))]
+    assert len(unreachable) == 2 and all(p[50:52] == DISCARD.to_bytes(2, "big") for p in unreachable)
+    for original in requests:
+        (inner,) = [p for p in inner_packets if p[20:] == original[20:]]
+        assert inner[:8] == original[:8] and inner[8] == original[8] - 1 and inner[9:10] == original[9:10]
+        assert inner[12:] == original[12:]
+    # UDP discard is denied by the group: it crosses the WAN in clear, with the hosts' addresses.
+    discards = [f for f in clear if f.ints("udp.dstport") == (DISCARD,)]
+    assert len(discards) == 2
+    for frame in discards:
+        assert (frame.values("ip.src"), frame.values("ip.dst")) == ((group.host(1),), (group.host(2),))
+        assert frame.hexes("data.data") == (b"in clear",)
+    assert not [f for f in clear if f.values("ip.proto") == (str(IpProtocol.ICMP.value),)]  # no echo in clear
+
+    expected = {"encrypted_packets": 5, "decrypted_packets": 7, "clear_packets": 2, "no_policy": 1}
+    assert delta(group.settled(1), before) == expected
+    words = ("show", "security", "group-vpn", "member", "ipsec", "statistics", "--socket", str(members[0].socket))
+    shown = groupvpn(*words)
+    assert shown.returncode == 0 and "running (1 of 1 workers)" in shown.stdout, shown.stdout
