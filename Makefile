@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEB_PACKAGES := python3-venv iproute2 tshark tcpdump strongswan-charon strongswan-swanctl iperf3
+DEB_PACKAGES := python3-venv iproute2 iputils-ping tshark tcpdump strongswan-charon strongswan-swanctl libcharon-extra-plugins iperf3
 
 .PHONY: test deps venv debs clean
 
