@@ -66,7 +66,7 @@ from ..wire.ip import (
 from ..wire.numbers import AddressPreservation, Ecn, IpProtocol
 from . import DropCounters, DropReason
 from .reassembly import Reassembler
-from .spd import Action, Selector, Spd, flow_of
+from .spd import Action, Selector, SelectorCache, Spd
 
 Address = IPv4Address | IPv6Address
 
@@ -192,7 +192,7 @@ class EspSa:
         self.family = 0 if fixed is None else (4 if len(fixed) == 4 else 6)
         self.df_bits = {DfMode.CLEAR: 0, DfMode.SET: FLAG_DF, DfMode.COPY: -1}[config.df]
         self.window_units = config.replay_window << 32
-        self.selectors = config.selectors
+        self.selectors = SelectorCache(config.selectors) if config.selectors else None
 
     def max_inner(self, mtu: int, outer_header: int) -> int:
         """The largest inner packet whose ESP packet fits ``mtu`` (the next-hop MTU its sender is told)."""
@@ -436,10 +436,8 @@ class Decapsulator:
             if size < IPV6_HEADER_SIZE or inner[0] >> 4 != 6 or (inner[4] << 8 | inner[5]) + IPV6_HEADER_SIZE != size:
                 return self.drops.add(DropReason.INNER_MALFORMED)
             inner_ecn = inner[1] >> 4 & 0x03
-        if sa.selectors:
-            flow = flow_of(inner)
-            if flow is None or not any(selector.matches(flow) for selector in sa.selectors):
-                return self.drops.add(DropReason.SELECTOR_MISMATCH)
+        if sa.selectors is not None and not sa.selectors.admits(inner):
+            return self.drops.add(DropReason.SELECTOR_MISMATCH)
         if outer_ecn == _CE:
             if inner_ecn == _NOT_ECT:
                 return self.drops.add(DropReason.ECN_CE_NOT_ECT)

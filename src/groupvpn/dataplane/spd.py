@@ -124,6 +124,51 @@ class Selector:
         return _in_range(self.source_ports, sport) and _in_range(self.destination_ports, dport)
 
 
+class SelectorCache:
+    """Whether a packet matches any of some selectors, remembered per flow.
+
+    Decryption checks every inner packet against its SA's selectors (RFC
+    4301 §5.2 step 4); the answer only depends on the flow, so it is
+    computed once per flow.  When no selector names a protocol or ports the
+    flow is just the address octets, read without parsing further.
+    """
+
+    __slots__ = ("selectors", "_seen", "_limit", "_addresses_only")
+
+    def __init__(self, selectors: Iterable[Selector], limit: int = 1 << 16) -> None:
+        self.selectors = tuple(selectors)
+        self._seen: dict[object, bool] = {}
+        self._limit = limit
+        self._addresses_only = all(
+            s.protocol is None and s.source_ports == ANY_PORT and s.destination_ports == ANY_PORT
+            for s in self.selectors
+        )
+
+    @property
+    def cached_flows(self) -> int:
+        return len(self._seen)
+
+    def admits(self, packet: bytes) -> bool:
+        key: object
+        first = packet[0] if packet else 0
+        if self._addresses_only and 0x45 <= first < 0x50 and len(packet) >= (first & 0x0F) << 2:
+            key = packet[12:20]
+        elif self._addresses_only and first >> 4 == 6 and len(packet) >= 40:
+            key = packet[8:40]
+        else:
+            key = flow_of(packet)
+            if key is None:
+                return False
+        seen = self._seen.get(key)
+        if seen is None:
+            flow = flow_of(packet)
+            seen = flow is not None and any(selector.matches(flow) for selector in self.selectors)
+            if len(self._seen) >= self._limit:
+                self._seen.clear()
+            self._seen[key] = seen
+        return seen
+
+
 def _prefix_test(prefix: Prefix | None) -> tuple[int, int, int] | None:
     if prefix is None:
         return None

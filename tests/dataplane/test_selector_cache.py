@@ -1,0 +1,63 @@
+"""SelectorCache answers exactly what matching every selector against the packet's flow answers."""
+
+from __future__ import annotations
+
+from ipaddress import ip_network
+
+from dataplane_packets import icmp_echo, udp
+from hypothesis import given
+from hypothesis import strategies as st
+
+from groupvpn.dataplane.spd import Selector, SelectorCache, flow_of
+
+V4 = ["198.18.1.1", "198.18.2.2", "198.19.1.2", "10.0.0.1"]
+V6 = ["2001:db8::1", "2001:db8:1::2", "fd00::5"]
+PREFIXES = [None, "198.18.0.0/16", "198.18.1.0/24", "198.19.1.2/32", "2001:db8::/32", "fd00::/8"]
+
+
+def uncached(selectors: tuple[Selector, ...], packet: bytes) -> bool:
+    flow = flow_of(packet)
+    return flow is not None and any(selector.matches(flow) for selector in selectors)
+
+
+@st.composite
+def selectors(draw: st.DrawFn) -> Selector:
+    source, destination = draw(st.sampled_from(PREFIXES)), draw(st.sampled_from(PREFIXES))
+    if source and destination and ip_network(source).version != ip_network(destination).version:
+        destination = None
+    protocol = draw(st.sampled_from([None, 17, 1]))
+    ports = draw(st.sampled_from([(0, 0xFFFF), (5000, 5000), (6000, 7000)]))
+    return Selector(
+        ip_network(source) if source else None, ip_network(destination) if destination else None, protocol, ports
+    )
+
+
+@st.composite
+def packets(draw: st.DrawFn) -> bytes:
+    family = draw(st.sampled_from([V4, V6]))
+    src, dst = draw(st.sampled_from(family)), draw(st.sampled_from(family))
+    if family is V4 and draw(st.booleans()):
+        return icmp_echo(src, dst)
+    return udp(src, dst, sport=draw(st.sampled_from([5000, 6500])), dport=draw(st.sampled_from([6000, 9])))
+
+
+@given(st.lists(selectors(), min_size=1, max_size=3), st.lists(packets(), min_size=1, max_size=12))
+def test_answers_match_the_selectors_on_first_and_repeated_packets(chosen: list[Selector], seen: list[bytes]) -> None:
+    cache = SelectorCache(chosen)
+    for packet in seen + seen:
+        assert cache.admits(packet) is uncached(tuple(chosen), packet)
+
+
+def test_address_only_selectors_still_refuse_unusable_headers() -> None:
+    cache = SelectorCache([Selector(ip_network("198.18.0.0/16"))])
+    assert cache.admits(udp()) is True
+    assert cache.admits(udp("10.0.0.1")) is False
+    assert cache.admits(b"\x45" + bytes(10)) is False
+    assert cache.admits(b"\x55" + bytes(40)) is False
+
+
+def test_the_cache_stays_within_its_limit() -> None:
+    cache = SelectorCache([Selector(ip_network("198.18.0.0/16"))], limit=4)
+    for last in range(1, 20):
+        assert cache.admits(udp(dst=f"198.18.2.{last}")) is True
+    assert cache.cached_flows <= 4
