@@ -48,6 +48,7 @@ COMMANDS = (
     Command("clear", ("member", "ipsec", "security-associations"), "ipsec-security-associations"),
     Command("clear", ("server", "registered-members"), "registered-members"),
     Command("request", ("server", "rekey"), "rekey"),
+    Command("request", ("server", "reauthorize"), "reauthorize"),
 )
 
 # Trailing options: keyword -> (request field, value parser or None for a flag).
