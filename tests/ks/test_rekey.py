@@ -24,6 +24,8 @@ from groupvpn.gdoi import (
     GroupAssociatedPolicy,
     GroupPolicy,
     RegistrationComplete,
+    RegistrationFailed,
+    RegistrationRefused,
     TrafficSelector,
 )
 from groupvpn.gdoi.ack import build_ack
@@ -48,7 +50,7 @@ from groupvpn.ks.rekey import (
     RekeyOutput,
 )
 from groupvpn.ks.removal import RemovalMethod, removal_refusal
-from groupvpn.ks.server import Gateway, GroupSettings, KeyServer, RegistrationNotStored, ServerSettings
+from groupvpn.ks.server import Gateway, GroupSettings, KeyServer, ServerSettings
 from groupvpn.ks.store import KeyState, KeyStore, MemberState, StoreError
 from groupvpn.wire.message import HEADER, Header
 from groupvpn.wire.numbers import (
@@ -676,7 +678,7 @@ def test_members_registering_after_a_push_get_its_keys_and_a_removed_one_is_not_
     )
     server = KeyServer(settings, store, T0, rng=SeededRng("ks"))
     keys = server.groups[GROUP].keys
-    lab = Lab(keys, RekeyEngine(keys, T0))
+    lab = Lab(keys, server.groups[GROUP].rekey)  # the server's own engine, over the keys PULL serves
     first, _ = register(server, HOSTS[0], T0)
     pulled = first.results[GROUP]
     assert isinstance(pulled, RegistrationComplete) and pulled.seq is not None
@@ -690,11 +692,13 @@ def test_members_registering_after_a_push_get_its_keys_and_a_removed_one_is_not_
     assert [k.spi for k in result.policy.tek_keys] == [new_tek] and result.seq == 1  # the push's SEQ
     assert new_tek in lab.members[HOSTS[0]].teks  # the member registered by PULL verified the push
     lab.members[HOSTS[2]] = Gm.registered(HOSTS[2], result.policy, result.seq)
-    # A removed member's registration is not recorded, so message 4 never leaves.
+    # A removed member is refused at message 1, with the reason.
     lab.run(lab.engine.remove_member(HOSTS[1], RemovalMethod.DELETE, T0 + 600), T0 + 600)
     new_kek, (newer_tek,) = current_spis(keys, T0 + 600)
     assert all(new_kek in lab.members[h].keks and newer_tek in lab.members[h].teks for h in (HOSTS[0], HOSTS[2]))
     again, events = register(server, HOSTS[1], T0 + 601)
-    assert GROUP not in again.results
-    (lost,) = [e for e in events if isinstance(e, RegistrationNotStored)]
-    assert "198.18.1.3 was removed from group 42 and is not re-authorized" in lost.reason
+    refused = again.results[GROUP]
+    assert isinstance(refused, RegistrationFailed)
+    assert refused.reason.endswith("AUTHENTICATION_FAILED (member 198.18.1.3 was removed from group 42 by the administrator)")
+    (event,) = [e for e in events if isinstance(e, RegistrationRefused)]
+    assert event.notify_type is NotifyType.AUTHENTICATION_FAILED and store.member(GROUP, HOSTS[1]).state is MemberState.REMOVED

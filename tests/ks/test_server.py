@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -20,12 +21,14 @@ from groupvpn.gdoi import (
     RegistrationComplete,
     RegistrationFailed,
     RegistrationRefused,
+    SenderIds,
     TrafficSelector,
 )
-from groupvpn.ike import FailureReason, IkeSaDeleted, IkeSaFailed, PreSharedKey, Suite
+from groupvpn.ike import FailureReason, IkeSaDeleted, IkeSaEstablished, IkeSaFailed, PreSharedKey, Suite
 from groupvpn.ike.events import Collector
 from groupvpn.ike.informational import notify
 from groupvpn.ks.keys import GroupConfig, KekConfig, TekConfig
+from groupvpn.ks.rekey import Delivery, RekeyConfig
 from groupvpn.ks.server import (
     Gateway,
     GroupSettings,
@@ -77,7 +80,8 @@ def group(group_id: int, *gateways: str, unicast: bool = True) -> GroupSettings:
     selector = TrafficSelector(0, LAN_A, LAN_B)
     tek = TekConfig("sa1", CBC, lifetime=1800, selectors=(selector, selector.mirrored()))
     gap = GroupAssociatedPolicy(activation_delay=5, deactivation_delay=30, anti_replay_window=10)
-    return GroupSettings(GroupConfig(group_id, kek, (tek,), gap), gateways, unicast)
+    delivery = Delivery.UNICAST if unicast else Delivery.MULTICAST
+    return GroupSettings(GroupConfig(group_id, kek, (tek,), gap), gateways, RekeyConfig(delivery=delivery))
 
 
 def settings(**changes: object) -> ServerSettings:
@@ -114,7 +118,8 @@ class Net:
     timer: float | None = None
 
     def join(self, host: str, groups: tuple[int, ...], psk: PreSharedKey = GM_KEY, now: float = T0, **kw: object) -> TestMember:
-        member = TestMember((host, 848), KS, psk, groups, rng=SeededRng(f"member {host}"), **kw)  # type: ignore[arg-type]
+        kw.setdefault("rng", SeededRng(f"member {host}"))
+        member = TestMember((host, 848), KS, psk, groups, **kw)  # type: ignore[arg-type]
         self.members[host] = member
         self._from_member(host, member.start(now))
         return member
@@ -426,12 +431,32 @@ def test_inconsistent_settings_are_refused(change, message):
         settings(**change)
 
 
-def test_counter_mode_sas_are_refused_until_sender_ids_can_be_stored():
+def test_counter_mode_groups_give_every_registration_fresh_sender_ids(store, db):
     gcm = esp_suite(EspTransform.AES_GCM_16, 128)
-    config = group(1, "gm").keys
-    counter = replace(config, teks=(replace(config.teks[0], suite=gcm),))
-    with pytest.raises(ValueError, match="counter mode; its sender IDs need a persistent allocator"):
-        GroupSettings(counter, ("gm",))
+    plain = group(1, "gm")
+    counter = replace(plain, keys=replace(plain.keys, teks=(replace(plain.keys.teks[0], suite=gcm),)))
+    net = Net(KeyServer(settings(groups=(counter,)), store, T0))
+
+    def sender_ids(host: str, **kw: object) -> RegistrationComplete | RegistrationFailed:
+        """A registration over a new IKE SA."""
+        member = net.join(host, (1,), rng=SeededRng(f"registration {len(net.of(IkeSaEstablished))}"), **kw)
+        net.deliver()
+        return member.results[1]
+
+    first, second, again = sender_ids(LISTED[0]), sender_ids(LISTED[1], sender_ids=3), sender_ids(LISTED[0])
+    shown = [r.policy.sender_ids for r in (first, second, again) if isinstance(r, RegistrationComplete)]
+    # Sequential from 0, NUMBER_OF_SID_BITS 16, new ones on every PULL (RFC 6407 §3.5).
+    assert shown == [SenderIds(16, (0,)), SenderIds(16, (1, 2, 3)), SenderIds(16, (4,))]
+    assert [e.sender_ids for e in net.of(MemberRegistered)] == shown
+    greedy = sender_ids(LISTED[1], sender_ids=65)
+    assert isinstance(greedy, RegistrationFailed)
+    assert "ATTRIBUTES_NOT_SUPPORTED (member 198.18.1.3 asked for 65 sender IDs; a registration gets at most 64)" in greedy.reason
+    with sqlite3.connect(db) as raw:
+        raw.execute("UPDATE grp SET next_sender_id = 65535")
+    assert sender_ids(LISTED[0], sender_ids=2).reason.endswith(  # type: ignore[union-attr]
+        "(member 198.18.1.2 needs 2 sender IDs, but group 1 has 1 of its 65536 sender IDs left)"
+    )
+    assert sender_ids(LISTED[1]).policy.sender_ids == SenderIds(16, (65535,))  # type: ignore[union-attr]
 
 
 def test_a_restarted_server_serves_the_same_keys(db):

@@ -6,10 +6,9 @@ import json
 
 import pytest
 
-from groupvpn.ks.server import KeyServer
+from groupvpn.ks.server import KeyServer, UnknownGroup
 from groupvpn.ks.store import KeyState, KeyStore
 from groupvpn.ks.views import (
-    UnknownGroup,
     ipsec_security_associations,
     kek_security_associations,
     registered_members,

@@ -38,6 +38,7 @@ class TestMember:
     suites: Sequence[str] = (DEFAULT_SUITE,)
     retransmit: RetransmitPolicy = FAST
     rng: object = None
+    sender_ids: int = 1  # asked for when a TEK uses a counter mode
     phase1: Phase1Initiator = field(init=False)
     pulls: dict[int, PullInitiator] = field(init=False, default_factory=dict)  # by Message ID
     ike_failure: IkeSaFailed | None = field(init=False, default=None)
@@ -103,7 +104,8 @@ class TestMember:
         if session is None or len(self.pulls) == len(self.groups):
             return []
         mid = session.message_id()
-        self.pulls[mid] = PullInitiator(session.sa, self.groups[len(self.pulls)], mid, retransmit=self.retransmit)
+        group = self.groups[len(self.pulls)]
+        self.pulls[mid] = PullInitiator(session.sa, group, mid, sender_ids=self.sender_ids, retransmit=self.retransmit)
         return [self.pulls[mid].start(now)]
 
     def _pull(self, pull: PullInitiator, out: PullOutput, now: float) -> list[bytes]:

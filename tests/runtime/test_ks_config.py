@@ -11,6 +11,7 @@ import pytest
 
 from groupvpn.crypto.sig import SigningKey
 from groupvpn.gdoi import Endpoint
+from groupvpn.ks.rekey import Delivery, RekeyConfig
 from groupvpn.ks.server import KeyServer
 from groupvpn.ks.store import KeyStore
 from groupvpn.runtime.daemon import StartupError
@@ -49,15 +50,38 @@ def test_state_dir_wins_over_the_configured_state_file(tmp_path):
     assert state_path(config, tmp_path) == tmp_path / "ks.db"
 
 
-def test_counter_mode_sas_are_refused_at_load_with_the_group_named(tmp_path):
+def test_push_delivery_follows_server_member_communication(tmp_path):
+    config = load(EXAMPLE)
+    groups = {g.group_id: g for g in config.settings.groups}
+    # Unicast: pushes to each member at GDOI's port; a removal by DTD undercuts the group's 30 s.
+    assert groups[10].rekey == RekeyConfig(10, 2, Delivery.UNICAST, removal_dtd=5)
+    assert groups[10].keys.kek.destination == Endpoint(ip_address("198.18.0.1"), 848)
+    assert groups[20].rekey == RekeyConfig(10, 2, Delivery.MULTICAST)
+    port = free_udp_port()
+    text = config_text(port).replace(
+        "anti-replay-time-window 10;",
+        "anti-replay-time-window 10; deactivation-time-delay 3;\n"
+        "server-member-communication { retransmission-period 3; number-of-retransmission 4; ack-request legacy; }",
+    )
+    path = tmp_path / "ks.conf"
+    path.write_text(text)
+    (group,) = load(path).settings.groups
+    assert group.rekey == RekeyConfig(3, 4, Delivery.UNICAST, removal_dtd=2)
+    assert group.keys.kek.destination.port == 848 and group.keys.kek.source.port == port
+    assert group.keys.kek.ack is not None and group.keys.kek.ack.legacy
+
+
+def test_counter_mode_sas_are_served_with_sender_ids(tmp_path):
     text = config_text(free_udp_port()).replace(
         "authentication-algorithm hmac-sha-256-128;\n                    encryption-algorithm aes-128-cbc;",
         "encryption-algorithm aes-128-gcm;",
     )
     path = tmp_path / "gcm.conf"
     path.write_text(text)
-    with pytest.raises(ValueError, match=r"^group 1: SA sa1 uses AES-128-GCM-16, a counter mode"):
-        load(path)
+    (group,) = load(path).settings.groups
+    assert [tek.suite.counter_mode for tek in group.keys.teks] == [True]
+    with KeyStore(tmp_path / "ks.db") as store:
+        assert KeyServer(load(path).settings, store, T0).groups[1].policy(None, T0).sa.counter_mode
 
 
 def _with_signing_key(tmp_path: Path, key: SigningKey, name: str) -> Path:

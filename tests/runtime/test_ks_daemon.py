@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 
 from groupvpn.gdoi import RegistrationComplete, RegistrationFailed
 from groupvpn.ike import FailureReason, PreSharedKey
+from groupvpn.ks.store import KeyState, KeyStore
 from groupvpn.runtime.control import ControlError, call
 from member_client import TestMember, register_over_udp
 
@@ -125,8 +127,8 @@ class KsProcess:
         self.config.write_text(config_text(self.port, extra_groups))
         return self
 
-    def start(self) -> KsProcess:
-        command = [sys.executable, "-m", "groupvpn.cli", "ks", "--config", str(self.config), "--foreground"]
+    def start(self, *extra: str) -> KsProcess:
+        command = [sys.executable, "-m", "groupvpn.cli", "ks", "--config", str(self.config), "--foreground", *extra]
         command += ["--state-dir", str(self.directory / "state"), "--socket", str(self.socket), "--log-file", str(self.log)]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wait_for(self._answers, what="the key server's control socket")
@@ -291,3 +293,73 @@ def _pid(log: str) -> str | None:
     if marker not in log:
         return None
     return log.split(marker, 1)[1].split(")", 1)[0]
+
+
+def operator(ks: KsProcess, verb: str, *words: str) -> subprocess.CompletedProcess[str]:
+    """`groupvpn VERB security group-vpn server WORDS` against ``ks``."""
+    return groupvpn(verb, "security", "group-vpn", "server", *words, "--socket", str(ks.socket))
+
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} groupvpn\.ks\[\d+\] (INFO|WARNING): (.*)$")
+
+
+def test_rekey_removal_and_reauthorization_from_the_command_line(ks):
+    ks.start()
+    assert isinstance(member(ks, "127.0.0.2", (1,)).results[1], RegistrationComplete)
+    (kek,) = ks.show("kek", "security-associations")["records"]
+
+    rekeyed = operator(ks, "request", "rekey", "group", "1")
+    assert rekeyed.returncode == 0, rekeyed.stderr
+    assert rekeyed.stdout.startswith("Group VPN server rekey of group 1\n")
+    assert f"group 1: push SEQ 1 under KEK {kek['kek_spi']} (new KEK, rekey requested by the administrator) " \
+        "sent to 1 member (127.0.0.2)" in rekeyed.stdout
+    states = {r["kek_spi"]: r["state"] for r in ks.show("kek", "security-associations")["records"]}
+    assert states[kek["kek_spi"]] == "retired" and list(states.values()).count("active") == 1
+    for words, error in (
+        (("rekey", "group", "9"), "error: group 9 is not configured on this key server"),
+        (("rekey",), "error: name the group: request security group-vpn server rekey group N"),
+    ):
+        refused = operator(ks, "request", *words)
+        assert (refused.returncode, refused.stderr.strip()) == (1, error)
+
+    removed = operator(ks, "clear", "registered-members", "member", "127.0.0.2", "method", "dtd")
+    assert removed.returncode == 0, removed.stderr
+    assert "group 1: member 127.0.0.2 removed by the administrator (method dtd)" in removed.stdout
+    (record,) = ks.show("registered", "members")["records"]
+    assert (record["state"], record["reason"]) == ("removed", "removed by the administrator (method dtd)")
+    again = member(ks, "127.0.0.2", (1,)).results[1]
+    assert isinstance(again, RegistrationFailed) and "member 127.0.0.2 was removed from group 1" in again.reason
+    unknown = operator(ks, "clear", "registered-members", "member", "127.0.0.9")
+    assert (unknown.returncode, unknown.stderr.strip()) == (1, "error: 127.0.0.9 is not a member of any group")
+
+    back = operator(ks, "request", "reauthorize", "member", "127.0.0.2", "group", "1")
+    assert back.returncode == 0 and "group 1: member 127.0.0.2 re-authorized" in back.stdout, back.stderr
+    assert isinstance(member(ks, "127.0.0.2", (1,)).results[1], RegistrationComplete)
+
+    # One timestamped line per step of each rekey, in the order they happened.
+    lines = [m.group(2) for m in map(LOG_LINE.match, ks.lines().splitlines()) if m and m.group(2).startswith("group 1: ")]
+    assert [line.split(" ")[2] for line in lines[:5]] == ["generated", "generated", "push", "now", "push"]
+    assert "group 1: member 127.0.0.2 removed by the administrator (method dtd); " \
+        "its registrations are refused until it is re-authorized" in lines
+
+
+def test_a_key_server_killed_before_its_push_sends_the_same_keys_with_a_higher_seq(ks):
+    ks.start("--crash-before-push")
+    assert isinstance(member(ks, "127.0.0.2", (1,)).results[1], RegistrationComplete)
+    (kek,) = ks.show("kek", "security-associations")["records"]
+    died = operator(ks, "request", "rekey", "group", "1")
+    assert died.returncode == 1 and ks.process.wait(timeout=20) == -signal.SIGKILL
+    assert f"test hook: push SEQ 1 under KEK {kek['kek_spi']} claimed; killing the key server" in ks.lines()
+    ks.process.stderr.close()  # type: ignore[union-attr]
+    with KeyStore(ks.directory / "state" / "ks.db") as store:  # what the dead server left
+        (pending,) = store.keks(1, KeyState.PENDING)
+        assert store.last_push_seq(bytes.fromhex(kek["kek_spi"])) == 1
+
+    ks.start()
+    wait_for(lambda: "push SEQ 1 under KEK" in ks.lines().split("key server on UDP")[-1], what="the recovered pushes")
+    after = ks.lines().split("key server on UDP")[-1]
+    assert f"KEK {pending.spi.hex()} was generated before a restart and never pushed; pushing it now" in after
+    assert f"push SEQ 2 under KEK {kek['kek_spi']} (new KEK, scheduled rekey)" in after  # due since made
+    assert f"push SEQ 1 under KEK {pending.spi.hex()} (new TEKs" in after
+    states = {r["kek_spi"]: (r["state"], r["push_seq"]) for r in ks.show("kek", "security-associations")["records"]}
+    assert states[kek["kek_spi"]] == ("retired", 2) and states[pending.spi.hex()] == ("active", 1)

@@ -1,11 +1,18 @@
-"""The key server core (GCKS, RFC 6407 §3.4), sans-IO: Phase 1, GROUPKEY-PULL and admission to groups.
+"""The key server core (GCKS, RFC 6407 §3.4), sans-IO: Phase 1, GROUPKEY-PULL, admission and rekeying.
 
 One ``KeyServer`` answers every member on one socket.  Datagrams are
 dispatched by their ISAKMP header: a GROUPKEY-PULL (exchange 32) under an
 established IKE SA goes to the ``PullResponder`` of that SA and Message
 ID, created on its first message if the source is within its PULL rate;
-everything else (Main Mode, informationals, DPD, deletes) belongs to the
-``Phase1Responder``.
+a GROUPKEY-PUSH acknowledgement (exchange 35) goes to the rekey engine of
+the group whose KEK it names; everything else (Main Mode,
+informationals, DPD, deletes) belongs to the ``Phase1Responder``.
+
+Each group has one ``RekeyEngine`` sharing the group's ``GroupKeys``:
+its deadlines join the core's timer, its pushes leave with the core's
+datagrams and its events with the core's events.  The operator's
+commands (forced rekey, member removal, re-authorization) and a
+configuration reload are calls that return output like any other.
 
 Admission follows the configuration: a member may join a group when one
 of the group's gateways admits its address -- listed there, or not listed
@@ -15,7 +22,10 @@ written to the store before message 4 leaves this object, so a crash can
 lose a registration the member never saw complete, never one it did.
 
 All times are seconds since the epoch: keys and members live in the
-store across restarts, so the driver passes the wall clock.
+store across restarts, so the driver passes the wall clock.  A failing
+store never escapes ``receive`` or ``handle_timer``: the datagram in hand
+is dropped (the member retransmits) or the group's rekeying waits
+``STORE_RETRY`` seconds, and a ``StoreFailed`` event says why.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import collections
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from ipaddress import ip_address
 
 from ..gdoi.events import MemberRegistered, Peer, PullOutput, RegistrationRefused
@@ -39,12 +50,29 @@ from ..wire.isakmp import Identification
 from ..wire.message import Header
 from ..wire.numbers import ExchangeType, NotifyType, name_of
 from .keys import GroupConfig, GroupKeys
-from .store import KeyStore, StoreError
+from .rekey import (
+    AckDropped,
+    Delivery,
+    KeyGenerated,
+    MemberInactive,
+    MemberRemoved,
+    PushAcknowledged,
+    PushRetransmitted,
+    PushSent,
+    RekeyConfig,
+    RekeyEngine,
+    RekeyEvent,
+    RekeyOutput,
+)
+from .removal import RemovalMethod, removal_refusal
+from .store import SENDER_ID_BITS, KeyStore, MemberState, SenderIdsExhausted, StoreError
 
 Rng = Callable[[int], bytes]
 
 _ERROR_NOTIFY_LIMIT = 16384  # RFC 2408 §3.14.1: notify types below are errors
 _REASON_LIMIT = 200  # characters of a member's notify text we repeat
+STORE_RETRY = 10.0  # seconds a group's rekeying waits after the store failed
+MAX_SENDER_IDS_PER_PULL = 64  # more would let one member drain its group's sender IDs
 
 
 # -- settings ----------------------------------------------------------------------
@@ -71,31 +99,29 @@ class Gateway:
 
 @dataclass(frozen=True)
 class GroupSettings:
-    """One group as the key server serves it: its keys and policy, and who may join.
+    """One group as the key server serves it: its keys and policy, who may join, how pushes travel.
 
-    ``unicast`` sends pushes to each member's Phase 1 address and port, so
-    the SA KEK a member receives names that as its destination instead of
+    With unicast delivery the SA KEK a member receives names the member's
+    own Phase 1 address and port as the push destination instead of
     ``keys.kek.destination`` (the multicast rekey address).
     """
 
     keys: GroupConfig
     gateways: tuple[str, ...]
-    unicast: bool = True
+    rekey: RekeyConfig = RekeyConfig()
 
     def __post_init__(self) -> None:
-        where = f"group {self.group_id}"
-        for tek in self.keys.teks:
-            if tek.suite.counter_mode:
-                raise ValueError(
-                    f"{where}: SA {tek.name} uses {tek.suite.name}, a counter mode; its sender IDs need a "
-                    "persistent allocator in the key store, which this key server does not have yet"
-                )
         if not self.gateways:
-            raise ValueError(f"{where} names no IKE gateway, so no member could join it")
+            raise ValueError(f"group {self.group_id} names no IKE gateway, so no member could join it")
+        self.rekey.check(self.keys)
 
     @property
     def group_id(self) -> int:
         return self.keys.group_id
+
+    @property
+    def unicast(self) -> bool:
+        return self.rekey.delivery is Delivery.UNICAST
 
 
 @dataclass(frozen=True)
@@ -190,7 +216,39 @@ class RegistrationNotStored:
     reason: str
 
 
-ServerEvent = Event | MemberRegistered | RegistrationRefused | PolicyRejected | PullRateLimited | RegistrationNotStored
+@dataclass(frozen=True, slots=True)
+class StoreFailed:
+    """The key store failed while the core was ``doing`` something; what was in hand is dropped."""
+
+    doing: str
+    reason: str
+
+    @property
+    def text(self) -> str:
+        return f"key store failure while {self.doing}: {self.reason}"
+
+
+ServerEvent = (
+    Event
+    | MemberRegistered
+    | RegistrationRefused
+    | PolicyRejected
+    | PullRateLimited
+    | RegistrationNotStored
+    | StoreFailed
+    | RekeyEvent
+)
+
+# Rekey events each group counts, for `show ... statistics`.
+_COUNTED: dict[type, str] = {
+    KeyGenerated: "keys generated",
+    PushSent: "pushes sent",
+    PushRetransmitted: "push retransmissions",
+    PushAcknowledged: "push acknowledgements",
+    AckDropped: "acknowledgements dropped",
+    MemberInactive: "members marked inactive",
+    MemberRemoved: "members removed",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,13 +312,22 @@ class TokenBuckets:
 # -- groups -------------------------------------------------------------------------------
 
 
+class UnknownGroup(LookupError):
+    """A command or view named a group the key server does not serve."""
+
+
 @dataclass
 class Group:
-    """A served group: its settings, its keys and what happened to it."""
+    """A served group: its settings, its keys, its rekey engine (over the same keys) and what happened to it.
+
+    ``resume_at``: after a store failure the engine is not run before then.
+    """
 
     settings: GroupSettings
     keys: GroupKeys
+    rekey: RekeyEngine
     stats: collections.Counter[str] = field(default_factory=collections.Counter)
+    resume_at: float = 0.0
 
     @property
     def group_id(self) -> int:
@@ -290,13 +357,25 @@ class _Directory:
         address = peer.address[0]
         if not set(group.settings.gateways) & server.settings.gateways_of(address):
             return Refusal(NotifyType.AUTHENTICATION_FAILED, f"member {address} not authorized for group {group_id}")
+        refusal = removal_refusal(server.store, group_id, address)
+        if refusal is not None:
+            return refusal
         policy = group.policy(peer.address, server.now)
         seq = 0 if policy.kek is None else server.store.last_push_seq(policy.kek.spi)
         return Offer(policy, seq)
 
     def allocate_sender_ids(self, group_id: int, peer: Peer, count: int) -> SenderIds | Refusal:
-        # GroupSettings refuses counter-mode SAs, so no offer ever needs sender IDs.
-        return Refusal(NotifyType.ATTRIBUTES_NOT_SUPPORTED, f"group {group_id} has no sender IDs to give")
+        """Fresh SIDs from the group's durable counter, on every PULL (RFC 6407 §3.5 step 4)."""
+        member = f"member {peer.address[0]}"
+        if count > MAX_SENDER_IDS_PER_PULL:
+            reason = f"{member} asked for {count} sender IDs; a registration gets at most {MAX_SENDER_IDS_PER_PULL}"
+            return Refusal(NotifyType.ATTRIBUTES_NOT_SUPPORTED, reason)
+        try:
+            values = self._server.store.allocate_sender_ids(group_id, count)
+        except SenderIdsExhausted as err:
+            # RFC 6054 §3: with every SID given out, new members are refused.
+            return Refusal(NotifyType.ATTRIBUTES_NOT_SUPPORTED, f"{member} needs {count} sender IDs, but {err}")
+        return SenderIds(SENDER_ID_BITS, values)
 
 
 # -- the core -------------------------------------------------------------------------------
@@ -308,7 +387,8 @@ class KeyServer:
     Construction loads or generates every group's signing key, KEK and
     TEKs (before anything is served) and raises ``ValueError`` (a
     ``PolicyError`` among them) or ``StoreError`` when a group cannot be
-    served.
+    served.  Keys generated for a push that a crash kept from leaving are
+    pushed at the first ``handle_timer``.
     """
 
     def __init__(self, settings: ServerSettings, store: KeyStore, now: float, *, rng: Rng = os.urandom) -> None:
@@ -320,7 +400,7 @@ class KeyServer:
         self._finished_pull_stats: collections.Counter[str] = collections.Counter()
         self._directory = _Directory(self)
         self.settings = settings
-        self.groups = self._groups(settings, now, {})
+        self.groups = {config.group_id: self._group(config, now) for config in settings.groups}
         self.phase1 = Phase1Responder(
             settings.psks(),
             settings.suites,
@@ -330,31 +410,49 @@ class KeyServer:
         )
         self._buckets = TokenBuckets(settings.pull_limits.rate, settings.pull_limits.burst)
 
-    def _groups(self, settings: ServerSettings, now: float, old: dict[int, Group]) -> dict[int, Group]:
-        """A ``Group`` per configured group, keeping the counters of groups served before.
+    def _group(self, config: GroupSettings, now: float) -> Group:
+        """A served group: keys loaded or generated, its rekey engine over them, its policy vetted.
 
-        Every policy is built once here, so keys exist (loaded or generated)
-        and a group whose policy members would refuse fails now.
+        The policy is built once here, so a group whose policy members would refuse fails now.
         """
-        groups = {}
-        for config in settings.groups:
-            previous = old.get(config.group_id)
-            group = Group(config, GroupKeys(self.store, config.keys, self._rng))
-            if previous is not None:
-                group.stats = previous.stats
-            group.policy(None, now)
-            groups[config.group_id] = group
-        return groups
+        keys = GroupKeys(self.store, config.keys, self._rng)
+        group = Group(config, keys, RekeyEngine(keys, now, config.rekey))
+        group.policy(None, now)
+        return group
 
-    def reconfigure(self, settings: ServerSettings, now: float) -> None:
+    def reconfigure(self, settings: ServerSettings, now: float) -> ServerOutput:
         """Serve ``settings`` from now on (keys, suites, groups); IKE SAs and PULLs under way stay.
 
+        Every group's policy is vetted before anything changes (raising
+        like the constructor).  A group served before keeps its keys,
+        engine and counters, and its engine pushes what changed
+        (``RekeyEngine.policy_changed``: ATD/DTD, selectors, suites).  A
+        group whose push delivery changed gets a new engine, which announces
+        the change its new way; retransmissions under the old one end.
         Keys of a changed SA keep their algorithms until they are replaced.
         """
-        groups = self._groups(settings, now, self.groups)
+        self.now = now
+        for config in settings.groups:
+            GroupKeys(self.store, config.keys, self._rng).current_policy(now)
+        out = _Collector()
+        groups = {}
+        for config in settings.groups:
+            group = self.groups.get(config.group_id)
+            if group is None:
+                groups[config.group_id] = self._group(config, now)
+                continue
+            if group.settings.rekey != config.rekey:
+                keys = GroupKeys(self.store, config.keys, self._rng)
+                engine = RekeyEngine(keys, now, config.rekey)
+                keys.config = group.keys.config  # what members hold, so that the difference is pushed
+                group.keys, group.rekey = keys, engine
+            group.settings = config
+            self._run(out, group, partial(group.rekey.policy_changed, config.keys, now), now)
+            groups[config.group_id] = group
         self.settings, self.groups = settings, groups
         self.phase1.configure(settings.psks(), settings.suites)
         self._buckets = TokenBuckets(settings.pull_limits.rate, settings.pull_limits.burst)
+        return self._output(out)
 
     # -- inspection --------------------------------------------------------------------------
 
@@ -367,7 +465,16 @@ class KeyServer:
         ]
         if self.phase1.timer is not None:
             times.append(self.phase1.timer)
+        times += [due for group in self.groups.values() if (due := self._rekey_due(group)) is not None]
         return min(times, default=None)
+
+    def _rekey_due(self, group: Group) -> float | None:
+        """When the group's engine must run: its deadline, held back after a store failure."""
+        try:
+            deadline = group.rekey.next_deadline
+        except StoreError:
+            deadline = self.now  # unknown: run the engine, which reports the failure
+        return None if deadline is None else max(deadline, group.resume_at)
 
     @property
     def pulls_in_progress(self) -> int:
@@ -393,11 +500,17 @@ class KeyServer:
         except WireError:
             self.stats["malformed datagrams"] += 1
             return ServerOutput(timer=self.timer)
+        out = _Collector()
         if header.exchange == ExchangeType.GROUPKEY_PULL and header.message_id != 0:
-            out = _Collector()
-            self._pull(out, header, datagram, addr, now)
-            return self._output(out)
-        return self._phase1(self.phase1.receive(datagram, addr, now))
+            try:
+                self._pull(out, header, datagram, addr, now)
+            except StoreError as err:
+                self._store_failed(out, f"answering a GROUPKEY-PULL from {addr[0]}", err)
+        elif header.exchange == ExchangeType.GROUPKEY_PUSH_ACK:
+            self._ack(out, header, datagram, addr, now)
+        else:
+            self._phase1(out, self.phase1.receive(datagram, addr, now))
+        return self._output(out)
 
     def handle_timer(self, now: float) -> ServerOutput:
         self.now = now
@@ -409,12 +522,111 @@ class KeyServer:
                     self.stats["pulls abandoned by members"] += 1
                 self._forget(key)
         self._buckets.prune(now)
-        return self._phase1(self.phase1.handle_timer(now))
+        out = _Collector()
+        self._phase1(out, self.phase1.handle_timer(now))
+        for group in self.groups.values():
+            due = self._rekey_due(group)
+            if due is not None and now >= due:
+                self._run(out, group, partial(group.rekey.handle_timer, now), now)
+        return self._output(out)
+
+    # -- operator commands ------------------------------------------------------------------
+
+    def force_rekey(self, group_id: int, now: float) -> ServerOutput:
+        """New KEK and TEKs for the group, pushed now (`request security group-vpn server rekey group N`).
+
+        Raises ``UnknownGroup``, or ``StoreError`` (the command failed; the group's timer retries).
+        """
+        self.now = now
+        group = self.group(group_id)
+        out = _Collector()
+        self._take(out, group, group.rekey.force_rekey(now))
+        return self._output(out)
+
+    def remove_member(
+        self, address: str, method: RemovalMethod, now: float, group_id: int | None = None
+    ) -> ServerOutput:
+        """Remove a member from ``group_id``, or from every group it belongs to (see ``ks.removal``).
+
+        Raises ``UnknownGroup``, ``ValueError`` for an address that is no
+        (unremoved) member, or ``StoreError``.
+        """
+        self.now = now
+        out = _Collector()
+        for group in self._member_groups(address, group_id, removed=False):
+            self._take(out, group, group.rekey.remove_member(address, method, now))
+        return self._output(out)
+
+    def reauthorize(self, address: str, now: float, group_id: int | None = None) -> ServerOutput:
+        """Let a removed member register again to ``group_id``, or to every group it was removed from."""
+        self.now = now
+        out = _Collector()
+        for group in self._member_groups(address, group_id, removed=True):
+            self._take(out, group, group.rekey.reauthorize(address, now))
+        return self._output(out)
+
+    def group(self, group_id: int) -> Group:
+        """The served group ``group_id``; ``UnknownGroup`` if there is none."""
+        if group_id not in self.groups:
+            raise UnknownGroup(f"group {group_id} is not configured on this key server")
+        return self.groups[group_id]
+
+    def _member_groups(self, address: str, group_id: int | None, *, removed: bool) -> list[Group]:
+        """The group named, or else every group where ``address`` is a member that is (not) removed."""
+        if group_id is not None:
+            return [self.group(group_id)]
+        address = _address(address)
+        groups = [
+            self.groups[g]
+            for g in sorted(self.groups)
+            if (member := self.store.member(g, address)) is not None
+            and (member.state is MemberState.REMOVED) is removed
+        ]
+        if not groups:
+            raise ValueError(f"{address} is not a {'removed ' if removed else ''}member of any group")
+        return groups
+
+    # -- rekey engines ----------------------------------------------------------------------
+
+    def _run(self, out: _Collector, group: Group, call: Callable[[], RekeyOutput], now: float) -> None:
+        """Run an engine call for the timer, an ack or a reload; a store failure holds the group back."""
+        try:
+            result = call()
+        except StoreError as err:
+            group.resume_at = now + STORE_RETRY
+            self._store_failed(out, f"rekeying group {group.group_id} (next try in {STORE_RETRY:.0f} s)", err)
+            return
+        self._take(out, group, result)
+
+    def _take(self, out: _Collector, group: Group, result: RekeyOutput) -> None:
+        out.datagrams += result.datagrams
+        for event in result.events:
+            counter = _COUNTED.get(type(event))
+            if counter is not None:
+                group.stats[counter] += 1
+        out.events += result.events
+
+    def _ack(self, out: _Collector, header: Header, datagram: bytes, addr: Address, now: float) -> None:
+        """A GROUPKEY-PUSH-ACK goes to the group whose KEK its cookies name."""
+        try:
+            group_id = self.store.kek_group(header.icookie + header.rcookie)
+        except StoreError as err:
+            self._store_failed(out, f"reading an acknowledgement from {addr[0]}", err)
+            return
+        group = None if group_id is None else self.groups.get(group_id)
+        if group is None:
+            self.stats["acknowledgements under an unknown KEK"] += 1
+            return
+        self._run(out, group, partial(group.rekey.receive_ack, datagram, addr, now), now)
+
+    def _store_failed(self, out: _Collector, doing: str, err: StoreError) -> None:
+        self.stats["store failures"] += 1
+        out.events.append(StoreFailed(doing, str(err)))
 
     # -- Phase 1 ----------------------------------------------------------------------------
 
-    def _phase1(self, result: Output) -> ServerOutput:
-        out = _Collector(list(result.datagrams))
+    def _phase1(self, out: _Collector, result: Output) -> None:
+        out.datagrams += result.datagrams
         for event in result.events:
             if isinstance(event, IkeSaDeleted):
                 for key in [k for k in self._pulls if k[0] == event.sa.cookies]:
@@ -424,7 +636,6 @@ class KeyServer:
                 self._member_notify(out, event)
             else:
                 out.events.append(event)
-        return self._output(out)
 
     def _member_notify(self, out: _Collector, event: NotifyReceived) -> None:
         """An authenticated error notify: the member rejects the policy of each PULL awaiting its message 3."""
@@ -470,7 +681,12 @@ class KeyServer:
                 return
             pull = PullResponder(sa, header.message_id, self._directory, rng=self._rng)
             self._pulls[key] = pull
-        result = pull.receive(datagram, now)
+        try:
+            result = pull.receive(datagram, now)
+        except StoreError:
+            # Its IV has moved past this datagram: the member's retransmission must find a fresh exchange.
+            self._forget(key)
+            raise
         if pull.group_id is None and not pull.finished and not result.datagrams:
             # Nothing authentic arrived: keep no state for it.
             self._forget(key)

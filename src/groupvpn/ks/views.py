@@ -12,17 +12,15 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from .store import KeyState, KeyTimes, StoredKek, StoredTek
+from .rekey import RekeyEvent
 from .server import Group, KeyServer
+from .store import KeyState, KeyTimes, StoredKek, StoredTek
 
 View = dict[str, Any]
 
-# Counters every statistics view shows, even at zero.
+# Counters every statistics view shows, even at zero: the server's, then each group's.
 _ALWAYS = ("registrations", "pulls rate limited", "registrations not stored")
-
-
-class UnknownGroup(LookupError):
-    """A view was asked for a group the key server does not serve."""
+_GROUP_ALWAYS = ("registrations", "pushes sent", "push acknowledgements")
 
 
 def _time(seconds: float | None) -> str | None:
@@ -34,9 +32,7 @@ def _time(seconds: float | None) -> str | None:
 def _groups(server: KeyServer, group_id: int | None) -> list[Group]:
     if group_id is None:
         return [server.groups[g] for g in sorted(server.groups)]
-    if group_id not in server.groups:
-        raise UnknownGroup(f"group {group_id} is not configured on this key server")
-    return [server.groups[group_id]]
+    return [server.group(group_id)]
 
 
 def _life(times: KeyTimes, now: float) -> dict[str, Any]:
@@ -51,6 +47,7 @@ def registered_members(server: KeyServer, group_id: int | None = None) -> View:
             "group": group.group_id,
             "member": member.address,
             "state": member.state.value,
+            "reason": member.reason or None,
             "ike_sa": "up" if member.address in up else "down",
             "first_registered": _time(member.first_registered),
             "last_registered": _time(member.last_registered),
@@ -65,6 +62,12 @@ def registered_members(server: KeyServer, group_id: int | None = None) -> View:
         "records": records,
         "notes": [f"{len(records)} member{'s' if len(records) != 1 else ''} in {groups} group{'s' if groups != 1 else ''}"],
     }
+
+
+def events(title: str, happened: Iterable[RekeyEvent]) -> View:
+    """What an operator command (rekey, removal, re-authorization) made happen, one record per event."""
+    records = [{"time": _time(event.at), "event": event.text} for event in happened]
+    return {"title": title, "records": records, "notes": [] if records else ["nothing to do"]}
 
 
 def _kek(server: KeyServer, kek: StoredKek, now: float, show_keys: bool) -> dict[str, Any]:
@@ -137,7 +140,7 @@ def statistics(server: KeyServer, group_id: int | None = None) -> View:
             records += [{"scope": scope, "counter": name, "value": counts[name]} for name in sorted(counts)]
     for group in _groups(server, group_id):
         counts = Counter(group.stats)
-        counts.update(dict.fromkeys(("registrations",), 0))
+        counts.update(dict.fromkeys(_GROUP_ALWAYS, 0))
         records += [{"scope": f"group {group.group_id}", "counter": n, "value": counts[n]} for n in sorted(counts)]
     return {
         "title": "Group VPN server statistics",

@@ -3,16 +3,33 @@
 Startup order is what makes a restart safe: open the store, load or
 generate every group's keys (``KeyServer`` does it on construction),
 and only then open the socket, so nothing is served that is not already
-on disk.  Each registration, failure and refusal becomes one log line;
-keys and pre-shared keys never do.
+on disk.  Each registration, failure and refusal, and each step of a
+rekey (key generated, push sent with its SEQ and members, each ack,
+retransmission, member marked inactive or removed) becomes one
+timestamped log line; keys and pre-shared keys never do.
+
+Operator commands over the control socket, besides ``show``:
+
+* ``clear security group-vpn server registered-members member ADDR
+  [group N] [method delete|dtd]`` removes a member (default method
+  delete; without a group, from every group it belongs to);
+* ``request security group-vpn server rekey group N`` rekeys a group now;
+* ``request security group-vpn server reauthorize member ADDR [group N]``
+  lets a removed member register again.  Listing it again in the
+  configuration does not: removal outlives reloads and restarts.
+
+SIGHUP re-reads the configuration; what changed in a group's policy is
+pushed to its members with the GAP's ATD and DTD.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +43,16 @@ from ..gdoi.policy import Endpoint, GroupAssociatedPolicy
 from ..ike.events import IkeSaDeleted, IkeSaEstablished, IkeSaFailed, NotifyReceived
 from ..ike.sa import Address
 from ..ks.keys import GroupConfig, KekConfig, TekConfig
+from ..ks.rekey import (
+    AckDropped,
+    AckMissing,
+    Delivery,
+    MemberInactive,
+    MemberRemoved,
+    RekeyConfig,
+    RekeyEvent,
+)
+from ..ks.removal import DEFAULT_REMOVAL_DTD, RemovalMethod
 from ..ks.server import (
     Gateway,
     GroupSettings,
@@ -34,17 +61,21 @@ from ..ks.server import (
     PullRateLimited,
     RegistrationNotStored,
     ServerEvent,
+    ServerOutput,
     ServerSettings,
+    StoreFailed,
+    UnknownGroup,
 )
 from ..ks.store import KeyStore, StoreError
 from ..ks.views import (
-    UnknownGroup,
+    View,
+    events,
     ipsec_security_associations,
     kek_security_associations,
     registered_members,
     statistics,
 )
-from ..wire.numbers import NotifyType, SigAlgorithm, name_of
+from ..wire.numbers import GDOI_PORT, NotifyType, SigAlgorithm, name_of
 from .control import ControlError, Request
 from .daemon import StartupError, load_config, udp_socket
 from .udp import UdpDriver
@@ -88,18 +119,19 @@ def load(path: Path) -> KsConfig:
 
 
 def _group(model: KeyServerConfig, group: ServerGroup) -> GroupSettings:
-    server = Endpoint(model.address, model.port)
     kek = group.kek
-    unicast = kek.communication is CommunicationType.UNICAST
+    multicast = kek.multicast if kek.communication is CommunicationType.MULTICAST else None
+    dtd = group.gap.deactivation_delay
     try:
         sig_algorithm = SigAlgorithm.RSA if kek.signing_key is None else _sig_algorithm(kek.signing_key)
         config = GroupConfig(
             group.group_id,
             KekConfig(
                 lifetime=kek.lifetime,
-                source=server,
-                # Unicast pushes go to each member; the core names its address in the member's SA KEK.
-                destination=server if unicast or kek.multicast is None else kek.multicast,
+                source=Endpoint(model.address, model.port),
+                # Unicast pushes go to each member at the GDOI port, where member daemons
+                # listen; the core names the member's own address in its SA KEK.
+                destination=Endpoint(model.address, GDOI_PORT) if multicast is None else multicast,
                 algorithm=kek.algorithm,
                 key_bits=kek.key_bits,
                 sig_algorithm=sig_algorithm,
@@ -111,9 +143,16 @@ def _group(model: KeyServerConfig, group: ServerGroup) -> GroupSettings:
             group.deny,
             group.rekey_fraction,
         )
+        rekey = RekeyConfig(
+            retransmission_period=kek.retransmission_period,
+            retransmissions=kek.retransmissions,
+            delivery=Delivery.UNICAST if multicast is None else Delivery.MULTICAST,
+            # A removal by DTD must undercut the group's own DTD.
+            removal_dtd=DEFAULT_REMOVAL_DTD if dtd is None else min(DEFAULT_REMOVAL_DTD, max(dtd - 1, 0)),
+        )
+        return GroupSettings(config, tuple(g.name for g in group.gateways), rekey)
     except (ValueError, CryptoError) as err:
         raise ValueError(f"group {group.name} (group-id {group.group_id}): {err}") from None
-    return GroupSettings(config, tuple(g.name for g in group.gateways), unicast)
 
 
 def _sig_algorithm(pem: Path) -> SigAlgorithm:
@@ -135,8 +174,21 @@ def state_path(config: KsConfig, state_dir: Path | None) -> Path:
 # -- the daemon --------------------------------------------------------------------------
 
 
+# Rekey events worth more than INFO; the others (keys, pushes, acks...) are the normal course.
+_REKEY_LEVELS: dict[type, int] = {
+    AckDropped: logging.WARNING,
+    AckMissing: logging.WARNING,
+    MemberInactive: logging.WARNING,
+    MemberRemoved: logging.WARNING,
+}
+
+
 def describe(event: ServerEvent) -> tuple[int, str] | None:
     """The log level and operator-readable line for an event of the core (None: not worth a line)."""
+    if isinstance(event, RekeyEvent):
+        return _REKEY_LEVELS.get(type(event), logging.INFO), event.text
+    if isinstance(event, StoreFailed):
+        return logging.ERROR, event.text
     if isinstance(event, MemberRegistered):
         return logging.INFO, f"member {event.peer.address[0]} registered to group {event.group_id}"
     if isinstance(event, RegistrationRefused):
@@ -170,11 +222,14 @@ class KeyServerDaemon:
         self._events = asyncio.create_task(self._log_events())
 
     @classmethod
-    async def start(cls, config_path: Path, state_dir: Path | None = None) -> KeyServerDaemon:
+    async def start(
+        cls, config_path: Path, state_dir: Path | None = None, *, crash_before_push: bool = False
+    ) -> KeyServerDaemon:
+        """Open the store, make or load every group's keys, then the socket (``crash_before_push``: see ``KilledAtPush``)."""
         config = load_config(config_path, load)
         path = state_path(config, state_dir)
         try:
-            store = KeyStore(path)
+            store = KilledAtPush(path) if crash_before_push else KeyStore(path)
         except (StoreError, OSError) as err:
             raise StartupError(f"cannot open the key store {path}: {err}") from None
         try:
@@ -191,28 +246,71 @@ class KeyServerDaemon:
         where = f" in routing instance {config.routing_instance}" if config.routing_instance else ""
         groups = ", ".join(str(g) for g in sorted(server.groups))
         log.info("key server on UDP %s port %d%s, store %s, groups %s", *config.listen, where, path, groups)
-        return cls(config_path, config, store, server, driver)
+        daemon = cls(config_path, config, store, server, driver)
+        # The driver arms the core's timer after each call: make the first one now, so the
+        # rekey schedule runs (and keys a crash kept from leaving are pushed) without waiting for a datagram.
+        driver.step(server.handle_timer)
+        return daemon
 
     async def handle(self, request: Request) -> Any:
-        """A control request: ``show`` of the server topics; keys only with ``show_keys``."""
+        """A control request: ``show`` (keys only with ``show_keys``), ``clear`` or ``request``."""
         if request.get("role", "server") != "server":
             raise ControlError("this is the key server; member commands go to the member daemon")
-        topic, group, keys = request.get("topic"), request.get("group"), bool(request.get("show_keys"))
-        if request["op"] != "show":
-            raise ControlError(f"the key server does not support '{request['op']} {topic}' yet")
-        now = time.time()
+        op, topic = request["op"], request.get("topic")
         try:
-            if topic == "registered-members":
-                return registered_members(self.server, group)
-            if topic == "kek-security-associations":
-                return kek_security_associations(self.server, now, group, keys)
-            if topic == "ipsec-security-associations":
-                return ipsec_security_associations(self.server, now, group, keys)
-            if topic == "statistics":
-                return statistics(self.server, group)
-        except UnknownGroup as err:
+            if op == "show":
+                return self._show(topic, _option(request, "group", int), bool(request.get("show_keys")))
+            if (op, topic) == ("clear", "registered-members"):
+                return self._removal(request)
+            if (op, topic) == ("request", "rekey"):
+                group = _option(request, "group", int)
+                if group is None:
+                    raise ControlError("name the group: request security group-vpn server rekey group N")
+                return self._act(f"Group VPN server rekey of group {group}", lambda now: self.server.force_rekey(group, now))
+            if (op, topic) == ("request", "reauthorize"):
+                member, group = _member(request, "request security group-vpn server reauthorize"), _option(request, "group", int)
+                return self._act(
+                    f"Group VPN server re-authorization of {member}",
+                    lambda now: self.server.reauthorize(member, now, group),
+                )
+        except (UnknownGroup, ValueError) as err:
             raise ControlError(str(err)) from None
+        except StoreError as err:
+            log.error("'%s %s' failed: %s", op, topic, err)
+            raise ControlError(f"the key store failed: {err}") from None
+        raise ControlError(f"the key server does not support '{op} {topic}'")
+
+    def _show(self, topic: str | None, group: int | None, keys: bool) -> View:
+        now = time.time()
+        if topic == "registered-members":
+            return registered_members(self.server, group)
+        if topic == "kek-security-associations":
+            return kek_security_associations(self.server, now, group, keys)
+        if topic == "ipsec-security-associations":
+            return ipsec_security_associations(self.server, now, group, keys)
+        if topic == "statistics":
+            return statistics(self.server, group)
         raise ControlError(f"the key server has no '{topic}' to show")
+
+    def _removal(self, request: Request) -> View:
+        member = _member(request, "clear security group-vpn server registered-members")
+        group = _option(request, "group", int)
+        method = RemovalMethod(_option(request, "method", str) or RemovalMethod.DELETE)
+        return self._act(
+            f"Group VPN server removal of {member} (method {method})",
+            lambda now: self.server.remove_member(member, method, now, group),
+        )
+
+    def _act(self, title: str, action: Callable[[float], ServerOutput]) -> View:
+        """Run a command on the core now, send what it sends, and answer with the events it caused."""
+        done: list[ServerOutput] = []
+
+        def run(now: float) -> ServerOutput:
+            done.append(action(now))
+            return done[0]
+
+        self.driver.step(run)
+        return events(title, [e for e in done[0].events if isinstance(e, RekeyEvent)])
 
     def reload(self) -> None:
         """Re-read the configuration; apply it if valid, else keep serving the running one."""
@@ -225,7 +323,7 @@ class KeyServerDaemon:
             log.warning("a new listen address or port takes a restart; still on %s port %d", *self.config.listen)
         try:
             _seed_signing_keys(config, self.store)
-            self.server.reconfigure(config.settings, time.time())
+            self.driver.step(lambda now: self.server.reconfigure(config.settings, now))
         except (ValueError, StoreError, CryptoError, OSError) as err:
             log.error("reload of %s refused, still serving the previous configuration: %s", self.config_path, err)
             return
@@ -243,6 +341,37 @@ class KeyServerDaemon:
             line = describe(event)
             if line is not None:
                 log.log(*line)
+
+
+def _option(request: Request, name: str, kind: type) -> Any:
+    """An optional field of a control request, of type ``kind``."""
+    value = request.get(name)
+    if value is not None and not isinstance(value, kind):
+        raise ControlError(f"'{name}' must be a {kind.__name__}, not {value!r}")
+    return value
+
+
+def _member(request: Request, command: str) -> str:
+    member = _option(request, "member", str)
+    if member is None:
+        raise ControlError(f"name the member: {command} member ADDR [group N]")
+    return str(member)
+
+
+class KilledAtPush(KeyStore):
+    """A store that SIGKILLs its own process as soon as a push SEQ is claimed (hidden ``--crash-before-push``).
+
+    Test-only: it stops the key server at the worst moment of a rekey --
+    the new keys stored as pending, the SEQ spent, the push never sent --
+    so a test can restart it and watch the same keys go out with a higher
+    SEQ.  Nothing else uses it.
+    """
+
+    def next_push_seq(self, kek_spi: bytes) -> int:
+        seq = super().next_push_seq(kek_spi)
+        log.warning("test hook: push SEQ %d under KEK %s claimed; killing the key server before it is sent", seq, kek_spi.hex())
+        os.kill(os.getpid(), signal.SIGKILL)
+        return seq
 
 
 def _seed_signing_keys(config: KsConfig, store: KeyStore) -> None:
