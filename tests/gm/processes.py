@@ -148,6 +148,7 @@ def member_conf(
     proposal: str = "aes-128-cbc",
     vpn: str = "lan",
     df_bit: str = "clear",
+    family: str = "inet",
 ) -> str:
     """A member configuration in the seed's shapes: IKE proposal/policy/gateway, vpn, service set, interface."""
     instance = f" routing-instance {routing_instance}" if routing_instance else ""
@@ -197,7 +198,7 @@ services {{
 interfaces {{
     {interface} {{
         unit 0 {{
-            family inet {{
+            family {family} {{
                 service {{
                     input {{
                         service-set gvpn;
@@ -223,12 +224,15 @@ def ks_conf(
     port: int | None = None,
     lans: Sequence[tuple[str, str]] = (("198.18.10.0/24", "198.18.20.0/24"),),
 ) -> str:
-    """A key server: group 1 for ``members`` (each pair of ``lans`` both ways, one TEK), group 2 for ``others`` only."""
+    """A key server: group 1 for ``members`` (a TEK for each pair of ``lans``, both ways), group 2 for ``others`` only."""
     port_line = f"\n            port {port};" if port else ""
-    policies = "".join(
+    teks = "".join(
         f"""
-                    match-policy out-{n} {{ source {a}; destination {b}; }}
-                    match-policy back-{n} {{ source {b}; destination {a}; }}"""
+                ipsec-sa lan-{n} {{
+                    proposal aes128-sha256;
+                    match-policy out {{ source {a}; destination {b}; }}
+                    match-policy back {{ source {b}; destination {a}; }}
+                }}"""
         for n, (a, b) in enumerate(lans, 1)
     )
     return f"""\
@@ -259,10 +263,7 @@ security {{
             group one {{
                 group-id 1;
                 ike-gateway gms;
-                anti-replay-time-window 10;
-                ipsec-sa lan {{
-                    proposal aes128-sha256;{policies}
-                }}
+                anti-replay-time-window 10;{teks}
             }}
             group two {{
                 group-id 2;
