@@ -47,6 +47,7 @@ PORT_PROTOCOLS = frozenset({IpProtocol.TCP, IpProtocol.UDP, IpProtocol.DCCP, IpP
 _V6_OPTION_HEADERS = frozenset({IPV6_HOP_BY_HOP, IpProtocol.IPV6_ROUTING, IpProtocol.IPV6_DESTINATION_OPTIONS})
 _MAX_V6_HEADERS = 8  # extension headers walked before giving up on ports
 _PORTS = struct.Struct("!HH")
+_PORT_NUMBERS = frozenset(int(protocol) for protocol in PORT_PROTOCOLS)
 
 
 class SpdError(ValueError):
@@ -238,7 +239,7 @@ class Spd:
         fail_open: Iterable[FailOpenRule] = (),
         cache_limit: int = 1 << 16,
     ) -> None:
-        self._cache: dict[Flow, Verdict] = {}
+        self._cache: dict[object, Verdict] = {}  # by flow, or for IPv4 by its raw octets (``lookup``)
         self._cache_limit = cache_limit
         self._bypass = tuple(bypass)
         self._fail_open_rules = _checked_fail_open(fail_open)
@@ -304,15 +305,23 @@ class Spd:
         return NO_SA if sa is None else Verdict(Action.PROTECT, sa)
 
     def lookup(self, packet: bytes) -> Verdict:
-        flow = flow_of(packet)
-        if flow is None:
-            return MALFORMED
-        verdict = self._cache.get(flow)
+        key: object
+        if packet[:1] == b"\x45" and len(packet) >= 20:  # IPv4 without options: the flow's octets as they lie
+            proto = packet[9]
+            ported = proto in _PORT_NUMBERS and len(packet) >= 24 and not (packet[6] & 0x1F or packet[7])
+            key = (proto, packet[12:24] if ported else packet[12:20])
+        else:
+            key = flow_of(packet)
+            if key is None:
+                return MALFORMED
+        verdict = self._cache.get(key)
         if verdict is None:
+            flow = flow_of(packet)
+            assert flow is not None
             verdict = self.decide(flow)
             if len(self._cache) >= self._cache_limit:
                 self._cache.clear()
-            self._cache[flow] = verdict
+            self._cache[key] = verdict
         return verdict
 
     def decide(self, flow: Flow) -> Verdict:
