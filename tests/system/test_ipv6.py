@@ -1,4 +1,4 @@
-"""Registration over IPv6 end to end, and a member's quick recovery after its key server restarts.
+"""Registration and rekey pushes over IPv6 end to end, and quick recovery after a key server restart.
 
 Topology (every name unique to the run; IPv6 only on the links, in the
 RFC 5180 benchmarking range 2001:2::/48, without duplicate address
@@ -77,7 +77,7 @@ def ike_sa(member: Daemon) -> dict[str, Any]:
     return dict(record)
 
 
-def test_members_register_over_ipv6_and_recover_within_seconds_after_a_key_server_restart(lab):
+def test_members_register_and_are_rekeyed_over_ipv6_and_recover_within_seconds_from_a_key_server_restart(lab):
     lab.host("ks", KS)
     for role, address in [*GOOD.items(), ("bad-psk", BAD_PSK), ("outsider", OUTSIDER)]:
         lab.host(role, address)
@@ -126,10 +126,21 @@ def test_members_register_over_ipv6_and_recover_within_seconds_after_a_key_serve
     outsider = wait_for(lambda: failed(refused["outsider"]), timeout=15, what="outsider to be refused")
     assert f"AUTHENTICATION_FAILED (member {OUTSIDER} not authorized for group 1)" in outsider["last_failure"]
 
+    # A rekey pushed over IPv6 reaches both members, and each acknowledges it (RFC 8263) over IPv6.
+    rekey = groupvpn("request", "security", "group-vpn", "server", "rekey", "group", "1", "--socket", str(ks.socket))
+    assert rekey.returncode == 0, rekey.stderr
+    for address in GOOD.values():
+        wait_for(lambda a=address: f"member {a} acknowledged push SEQ" in ks.log, timeout=10, what=f"{address}'s ack")
+    for member in members.values():
+        assert f"group 1: push SEQ 1 under KEK {server_kek['kek_spi']} from {KS}" in member.log
+
     # kill -9 and restart: the IKE SA gm1 holds is unknown to the new process.  `clear` registers
-    # again at once: the PULL goes unanswered, so does the DPD probe, and a fresh Phase 1 follows.
+    # again at once: the PULL goes unanswered, so does the DPD probe, and a fresh Phase 1 follows;
+    # the restarted key server serves the keys it pushed.
     gm1 = members["gm1"]
     stale = ike_sa(gm1)
+    pushed = {t["spi"] for t in gm1.records("ipsec-security-associations") if t["encrypting"]}
+    kek = registered(gm1)
     ks.kill()
     ks.start()
     cleared = groupvpn("clear", "security", "group-vpn", "member", "ipsec", "security-associations", "--socket", str(gm1.socket))
@@ -142,5 +153,6 @@ def test_members_register_over_ipv6_and_recover_within_seconds_after_a_key_serve
     assert f"IKE SA with key server {KS} ended: peer stopped answering dead peer detection" in gm1.log
     assert "registration with key server" not in gm1.log  # no attempt failed on the way
     again = wait_for(lambda: registered(gm1), timeout=5, what="gm1's view")
-    assert again["kek_spi"] == server_kek["kek_spi"]
+    assert kek is not None and again["kek_spi"] == kek["kek_spi"]
+    assert {t["spi"] for t in gm1.records("ipsec-security-associations")} == pushed  # the pushed TEKs, not the old
     print(f"registered again {took:.2f} s after the clear that followed the key server restart")
