@@ -17,9 +17,12 @@ Hosts ping each other across the group; a capture on the WAN router,
 decoded by tshark with the keys `groupvpn export wireshark-keys` prints,
 shows ESP between the hosts' own addresses with good ICVs and, behind the
 timestamp shim, the packet h1 sent (one hop older); UDP discard crosses
-in clear; traffic no rule covers is dropped and counted.  Every wait is
-bounded; teardown stops the daemons and captures and deletes the
-namespaces, also after a failure.
+in clear; traffic no rule covers is dropped and counted.  With no key
+server answering, members pass their fail-open rules' traffic in clear
+(and only that) until keys arrive; a member's data plane stops with its
+WAN interface and comes back with it.  Every wait is bounded; teardown
+stops the daemons and captures and deletes the namespaces, also after a
+failure.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ import dpkt
 import pytest
 from netns_lab import registered
 
-from groupvpn.ops.lab import Lab
+from groupvpn.config.junos import parse, render_set
+from groupvpn.config.schema import MEMBER
+from groupvpn.ops.lab import LAB_NET, Lab
 from groupvpn.ops.lab_configs import member_config
 from groupvpn.ops.netlab import build, destroy
 from groupvpn.wire.esp import TIMESTAMP_SHIM_SIZE, decode_timestamp_shim, ntp_timestamp, timestamp_delta
@@ -125,14 +130,17 @@ class GroupLab:
     daemons: dict[str, Daemon] = field(default_factory=dict)
     captures: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def start(self) -> None:
-        lab = self.lab
-        ks = Daemon("ks", "ks", self.directory, lab.ks).write(ks_conf(lab, self.directory / "ks.db"))
+    def start_ks(self) -> None:
+        ks = Daemon("ks", "ks", self.directory, self.lab.ks).write(ks_conf(self.lab, self.directory / "ks.db"))
         self.daemons["ks"] = ks.start()
+
+    def start_members(self, extra: str = "") -> None:
+        """Every member with the lab's configuration (``extra``: set commands added to it), one worker each."""
+        lab = self.lab
         for n in lab.numbers:
-            text = member_config(lab.ks_address.ip, lab.member_wan(n), "wan", PSK)
+            text = render_set(parse(member_config(lab.ks_address.ip, lab.member_wan(n), "wan", PSK), MEMBER))
             member = Daemon("member", f"gm{n}", self.directory, lab.gm(n), extra=("--dataplane-workers", "1"))
-            self.daemons[f"gm{n}"] = member.write(text).launch()
+            self.daemons[f"gm{n}"] = member.write(text + extra).launch()
         for n in lab.numbers:
             self.member(n).ready()
 
@@ -184,8 +192,8 @@ class GroupLab:
 
 
 @pytest.fixture
-def group(tmp_path) -> Iterator[GroupLab]:
-    lab = Lab(f"gvdp{os.getpid() % 10000}{uuid.uuid4().hex[:4]}-", members=3)
+def group(tmp_path, request) -> Iterator[GroupLab]:
+    lab = Lab(f"gvdp{os.getpid() % 10000}{uuid.uuid4().hex[:4]}-", members=request.param)
     group = GroupLab(lab, tmp_path)
     try:
         build(lab.topology(), lambda namespace: None)
@@ -213,8 +221,10 @@ def delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, int]:
     return change
 
 
+@pytest.mark.parametrize("group", [3], indirect=True)
 def test_hosts_talk_across_the_group_in_esp_that_tshark_decrypts_with_the_exported_keys(group, tmp_path):
-    group.start()
+    group.start_ks()
+    group.start_members()
     members = [group.member(n) for n in group.lab.numbers]
     for member in members:
         wait_for(lambda m=member: registered(m), timeout=20, what=f"{member.name} to register")
@@ -299,3 +309,54 @@ def test_hosts_talk_across_the_group_in_esp_that_tshark_decrypts_with_the_export
     words = ("show", "security", "group-vpn", "member", "ipsec", "statistics", "--socket", str(members[0].socket))
     shown = groupvpn(*words)
     assert shown.returncode == 0 and "running (1 of 1 workers)" in shown.stdout, shown.stdout
+
+
+FAIL_OPEN = """
+set security group-vpn member ipsec vpn lab fail-open rule to-h2 source-address 198.19.1.0/24
+set security group-vpn member ipsec vpn lab fail-open rule to-h2 destination-address 198.19.2.2/32
+set security group-vpn member ipsec vpn lab fail-open rule to-h1 source-address 198.19.2.0/24
+set security group-vpn member ipsec vpn lab fail-open rule to-h1 destination-address 198.19.1.2/32
+"""
+
+
+def fail_open(group: GroupLab, n: int) -> bool:
+    return bool(group.statistics(n)["fail_open"])
+
+
+@pytest.mark.parametrize("group", [2], indirect=True)
+def test_fail_open_only_while_no_key_server_answers_and_the_data_plane_follows_its_interface(group):
+    # No key server yet: Phase 1 goes unanswered, the members have no SAs and open their fail-open rules.
+    group.start_members(FAIL_OPEN)
+    for n in group.lab.numbers:
+        wait_for(lambda n=n: fail_open(group, n), timeout=60, what=f"gm{n} to fail open")
+    before = group.settled(1)
+    assert group.ping(1, group.host(2), count=2)  # h1 <-> h2: fail-open rules both ways, in clear
+    assert not group.ping(1, str(group.lab.member_lan(2).ip))  # gm2's LAN address: no fail-open rule
+    changes = delta(group.settled(1), before)
+    assert changes == {"encrypted_packets": 0, "decrypted_packets": 0, "clear_packets": 2, "no_policy": 1}
+
+    # The key server answers the next attempt: keys arrive, fail-open ends, the same traffic is encrypted.
+    group.start_ks()
+    for n in group.lab.numbers:
+        wait_for(lambda n=n: registered(group.member(n)), timeout=30, what=f"gm{n} to register")
+        wait_for(lambda n=n: not fail_open(group, n), timeout=10, what=f"gm{n} to close fail-open")
+    wait_for(lambda: group.ping(1, group.host(2)), timeout=30, what="h1 to reach h2 through the group")
+    before = group.settled(1)
+    assert group.ping(1, group.host(2), count=2)
+    changes = delta(group.settled(1), before)
+    assert changes == {"encrypted_packets": 2, "decrypted_packets": 2, "clear_packets": 0, "no_policy": 0}
+
+    # gm2's WAN interface goes down: its data plane stops (TUNs and steering gone); up again, it comes back.
+    gm2 = group.lab.gm(2)
+    subprocess.run(["ip", "-n", gm2, "link", "set", "wan", "down"], check=True, timeout=10)
+    stopped = lambda: group.statistics(2)["data_plane"] == "stopped: its interfaces are down"  # noqa: E731
+    wait_for(stopped, timeout=20, what="gm2's data plane to stop")
+    links = subprocess.run(["ip", "-n", gm2, "-o", "link", "show"], capture_output=True, text=True, timeout=10)
+    rules = subprocess.run(["ip", "-n", gm2, "rule", "show"], capture_output=True, text=True, timeout=10)
+    assert "gvpn0" not in links.stdout and "proto 71" not in rules.stdout, (links.stdout, rules.stdout)
+    subprocess.run(["ip", "-n", gm2, "link", "set", "wan", "up"], check=True, timeout=10)
+    router = str(group.lab.member_wan(2).network.network_address + 1)  # the kernel dropped the route with the link
+    subprocess.run(["ip", "-n", gm2, "route", "add", str(LAB_NET), "via", router], check=True, timeout=10)
+    wait_for(lambda: registered(group.member(2)), timeout=30, what="gm2 to register again")
+    wait_for(lambda: group.ping(1, group.host(2)), timeout=30, what="h1 to reach h2 again")
+    assert group.statistics(2)["data_plane"] == "running (1 of 1 workers)"

@@ -247,22 +247,27 @@ _DETAIL = (
 
 def ipsec_statistics(
     state: MemberState,
-    dataplanes: Mapping[str, tuple[str, Mapping[str, Any] | None]],
+    dataplanes: Mapping[str, Mapping[str, Any]],
     group_id: int | None = None,
     detail: bool = False,
 ) -> View:
-    """One record per group VPN: its data plane's state, packet counters and drops by reason.
+    """One record per group VPN: its data plane's state, fail-open, packet counters and drops by reason.
 
-    ``dataplanes`` maps a VPN to its data plane's status line and counters
-    (summed over its workers; None while it does not run).
+    ``dataplanes`` maps a VPN to its data plane's ``data_plane`` status
+    line, ``fail_open`` and counters (summed over its workers; absent
+    while it does not run).
     """
     registrations = state.registrations(group_id)
     records = []
     for registration in registrations:
         name = registration.settings.name
-        status, counters = dataplanes.get(name, ("none", None))
-        found = counters or {}
-        record: dict[str, Any] = {"vpn": name, "group": registration.settings.group_id, "data_plane": status}
+        found = dataplanes.get(name, {})
+        record: dict[str, Any] = {
+            "vpn": name,
+            "group": registration.settings.group_id,
+            "data_plane": found.get("data_plane", "none"),
+            "fail_open": found.get("fail_open", False),
+        }
         record |= {field: found.get(field, 0) for field in _TRAFFIC}
         if detail:
             record |= {field: found.get(field) for field in _DETAIL}

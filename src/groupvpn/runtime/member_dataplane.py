@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from ipaddress import ip_address
 from typing import Any
@@ -68,6 +68,7 @@ class _Running:
     number: int
     plane: Dataplane
     state: PolicyState | None = None  # the last one handed over
+    stopping: str | None = None  # why, while it is being stopped
 
     @property
     def traffic(self) -> TrafficSettings:
@@ -136,23 +137,29 @@ class MemberDataplanes:
         if self._timer is not None:
             self._timer.cancel()
 
-    def statistics(self) -> dict[str, tuple[str, Mapping[str, Any] | None]]:
-        """Per VPN: where its data plane stands, and its counters while it runs."""
-        report: dict[str, tuple[str, Mapping[str, Any] | None]] = {}
+    def statistics(self) -> dict[str, dict[str, Any]]:
+        """Per VPN: ``data_plane`` (where it stands), ``fail_open`` and, while it runs, its counters.
+
+        The counters are ``Dataplane.counters``' (the workers' latest reports).
+        """
+        report: dict[str, dict[str, Any]] = {}
         for name, settings in self._wanted.items():
             running = self._running.get(name)
-            if running is not None:
+            if running is not None and running.stopping is not None:
+                report[name] = {"data_plane": f"stopping ({running.stopping})"}
+            elif running is not None:
                 counters = running.plane.counters()
                 status = f"running ({counters['workers_running']} of {counters['workers']} workers)"
-                report[name] = (status, counters)
+                fail_open = running.state is not None and running.state.fail_open
+                report[name] = {"data_plane": status, "fail_open": fail_open, **counters}
             elif not self.options.enabled:
-                report[name] = ("disabled (--no-dataplane)", None)
+                report[name] = {"data_plane": "disabled (--no-dataplane)"}
             elif name in self._failed:
-                report[name] = (f"not started: {self._failed[name]}", None)
+                report[name] = {"data_plane": f"not started: {self._failed[name]}"}
             elif not self._up(settings):
-                report[name] = ("stopped: its interfaces are down", None)
+                report[name] = {"data_plane": "stopped: its interfaces are down"}
             else:
-                report[name] = ("starting", None)
+                report[name] = {"data_plane": "starting"}
         return report
 
     # -- reconciling ----------------------------------------------------------------------
@@ -238,12 +245,14 @@ class MemberDataplanes:
                 raise NoDataplane(f"interface {', '.join(shared)} is already steered by vpn {other.settings.name}")
 
     async def _stop(self, name: str, reason: str) -> None:
-        running = self._running.pop(name)
+        running = self._running[name]
+        running.stopping = reason
         running.plane.detach()
         try:
             await self._loop.run_in_executor(None, running.plane.stop)
         except SteeringError as problem:
             log.error("vpn %s: data plane steering not fully removed: %s", name, problem)
+        del self._running[name]
         log.info("vpn %s: data plane stopped (%s)", name, reason)
 
     # -- policies -------------------------------------------------------------------------
