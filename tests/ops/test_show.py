@@ -58,6 +58,8 @@ def test_render_table_and_detail():
     detail = render(view, detail=True)
     assert "  Member: 198.18.1.2" in detail and "  State:  active" in detail
     assert "(none)" in render({"title": "x", "records": []}, detail=False)
+    counts = {"title": "x", "records": [{"vpn": "lan", "drops": {"no_policy": 3, "unknown_spi": 1}}, {"drops": {}}]}
+    assert render(counts, detail=False).splitlines()[2:] == ["lan  no_policy 3, unknown_spi 1", "     -"]
 
 
 class _Daemon:

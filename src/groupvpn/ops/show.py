@@ -118,6 +118,8 @@ def _label(field: str) -> str:
 def _cell(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(_cell(v) for v in value) or "-"
+    if isinstance(value, dict):  # counts by name, e.g. drops by reason
+        return ", ".join(f"{k} {_cell(v)}" for k, v in value.items()) or "-"
     if value is None:
         return "-"
     return str(value)
