@@ -12,21 +12,19 @@ import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import ip_address, ip_network
 from pathlib import Path
 
-from groupvpn.crypto.suites import esp_suite
-from groupvpn.gdoi import AckRequest, Endpoint, GroupAssociatedPolicy, TrafficSelector
 from groupvpn.gm.member import GatewaySettings, Member, MemberEvent, MemberOutput, Timing, VpnSettings
 from groupvpn.gm.sadb import SaDatabase
 from groupvpn.ike import PreSharedKey, Suite
 from groupvpn.ike.sa import Address
-from groupvpn.ks.keys import GroupConfig, KekConfig, TekConfig
 from groupvpn.ks.server import Gateway, GroupSettings, KeyServer, ServerSettings
 from groupvpn.ks.store import KeyStore
-from groupvpn.wire.numbers import GDOI_PORT, AuthAlgorithm, EspTransform, KekAckType, SigAlgorithm
+from groupvpn.wire.numbers import GDOI_PORT
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ike"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ks"))
+from group_configs import group_config  # noqa: E402
 from phase1_link import SeededRng  # noqa: E402
 from rogue_server import RogueServer  # noqa: E402
 
@@ -39,28 +37,10 @@ GM_ADDR = (GM, 848)
 GM_KEY = PreSharedKey(b"members-of-group-one-key")
 WRONG_KEY = PreSharedKey(b"not-the-key-anybody-configured")
 SUITE = "aes128-sha256-modp2048"
-CBC = esp_suite(EspTransform.AES_CBC, 128, AuthAlgorithm.HMAC_SHA2_256)
-LAN_A = Endpoint(ip_network("198.18.10.0/24"))
-LAN_B = Endpoint(ip_network("198.18.20.0/24"))
 # What the seed's defaults and the default retransmission give: a silent server fails an
 # attempt after 1+2+4+8+8 s, and the next attempt comes 10 s later.
 IKE_GIVE_UP = 23.0
 RETRY = 10.0
-
-
-def group_config(group_id: int, server: Address = KS1) -> GroupConfig:
-    kek = KekConfig(
-        lifetime=3600,
-        source=Endpoint(ip_address(server[0]), server[1]),
-        destination=Endpoint(ip_address("239.192.0.1"), 848),
-        sig_algorithm=SigAlgorithm.ECDSA_256,
-        sig_hash=None,
-        ack=AckRequest(KekAckType.KEK_SHA256),
-    )
-    selector = TrafficSelector(0, LAN_A, LAN_B)
-    tek = TekConfig("sa1", CBC, lifetime=1800, selectors=(selector, selector.mirrored()))
-    gap = GroupAssociatedPolicy(activation_delay=5, deactivation_delay=30, anti_replay_window=10)
-    return GroupConfig(group_id, kek, (tek,), gap)
 
 
 def key_server(store: KeyStore, address: Address = KS1, members: Sequence[str] = (GM,), now: float = T0) -> KeyServer:
@@ -70,7 +50,7 @@ def key_server(store: KeyStore, address: Address = KS1, members: Sequence[str] =
         suites=(Suite.parse(SUITE),),
         gateways=(Gateway("gms", GM_KEY, frozenset(members)), Gateway("others", GM_KEY, frozenset({"198.18.99.9"}))),
         groups=tuple(
-            GroupSettings(group_config(g, address), (gw,)) for g, gw in ((1, "gms"), (2, "gms"), (3, "others"))
+            GroupSettings(group_config(g, server=address), (gw,)) for g, gw in ((1, "gms"), (2, "gms"), (3, "others"))
         ),
     )
     return KeyServer(settings, store, now, rng=SeededRng(f"ks {address[0]}"))

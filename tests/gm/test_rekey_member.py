@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 
@@ -23,7 +24,6 @@ import pytest
 from groupvpn.crypto.sig import SigningKey, signature_scheme
 from groupvpn.crypto.suites import esp_suite
 from groupvpn.gdoi import (
-    AckRequest,
     Endpoint,
     GroupAssociatedPolicy,
     GroupPolicy,
@@ -51,17 +51,20 @@ from groupvpn.gm.rekey import (
 from groupvpn.gm.sadb import HANDOVER, Expired, SaDatabase
 from groupvpn.ike.events import Datagram
 from groupvpn.ike.informational import open_protected
-from groupvpn.ks.keys import GroupConfig, GroupKeys, KekConfig, KeySet, TekConfig
+from groupvpn.ks.keys import GroupConfig, GroupKeys, KeySet, TekConfig
 from groupvpn.ks.rekey import PushAcknowledged, RekeyEngine
 from groupvpn.ks.rekey import RekeyOutput as ServerOutput
 from groupvpn.ks.removal import RemovalMethod, removal_refusal
 from groupvpn.ks.store import KeyState, KeyStore, MemberState
 from groupvpn.wire.isakmp import Delete
 from groupvpn.wire.message import decode_message
-from groupvpn.wire.numbers import DOI, AuthAlgorithm, EspTransform, GdoiProtocol, KekAckType, SigAlgorithm
+from groupvpn.wire.numbers import DOI, EspTransform, GdoiProtocol, SigAlgorithm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gdoi"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ike"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ks"))
+from group_configs import A_TO_B, CBC, GAP  # noqa: E402
+from group_configs import group_config as shared_group_config  # noqa: E402
 from phase1_link import I_ADDR, R_ADDR, SeededRng  # noqa: E402
 from pull_link import PullLink, ike_sas  # noqa: E402
 
@@ -69,30 +72,13 @@ T0 = 1_700_000_000.0
 GROUP = 7
 MEMBER = I_ADDR[0]  # the address the PULL's IKE SA comes from, so the key server knows the member by it
 KS = R_ADDR
-CBC = esp_suite(EspTransform.AES_CBC, 128, AuthAlgorithm.HMAC_SHA2_256)
 GCM = esp_suite(EspTransform.AES_GCM_16, 128)
-A_TO_B = TrafficSelector(0, Endpoint(ip_network("198.18.10.0/24")), Endpoint(ip_network("198.18.20.0/24")))
 C_TO_D = TrafficSelector(0, Endpoint(ip_network("198.18.30.0/24")), Endpoint(ip_network("198.18.40.0/24")))
-GAP = GroupAssociatedPolicy(activation_delay=5, deactivation_delay=30, anti_replay_window=10)
 STEP = 0.25  # how finely the clock is walked when every instant matters
 
 
-def group_config(
-    *, gap: GroupAssociatedPolicy | None = GAP, kek_lifetime: int = 2000, tek_lifetime: int = 600, **changes: object
-) -> GroupConfig:
-    """SA sa1 (A <-> B, rekeyed by the key server at 90 % of its life) and a KEK acks are requested for."""
-    kek = KekConfig(
-        lifetime=kek_lifetime,
-        source=Endpoint(ip_address(KS[0]), KS[1]),
-        destination=Endpoint(ip_address("239.192.0.1"), 848),
-        sig_algorithm=SigAlgorithm.ECDSA_256,
-        sig_hash=None,
-        ack=AckRequest(KekAckType.KEK_SHA256),
-    )
-    tek = TekConfig("sa1", CBC, lifetime=tek_lifetime, selectors=(A_TO_B, A_TO_B.mirrored()))
-    fields: dict[str, object] = {"group_id": GROUP, "kek": kek, "teks": (tek,), "gap": gap}
-    fields.update(changes)
-    return GroupConfig(**fields)  # type: ignore[arg-type]
+# SA sa1 (A <-> B, rekeyed by the key server at 90 % of its life) and a KEK acks are requested for.
+group_config = partial(shared_group_config, GROUP, server=KS, kek_lifetime=2000, tek_lifetime=600)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from collections import deque
 from dataclasses import dataclass, field, replace
+from functools import partial
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from groupvpn.gdoi.ack import build_ack
 from groupvpn.gdoi.push import PushAccepted, PushReceiver, PushRejected, PushRejection
 from groupvpn.ike import PreSharedKey, Suite
 from groupvpn.ike.events import Datagram
-from groupvpn.ks.keys import GroupConfig, GroupKeys, KekConfig, TekConfig
+from groupvpn.ks.keys import GroupConfig, GroupKeys, TekConfig
 from groupvpn.ks.rekey import (
     AckDropped,
     AckMissing,
@@ -60,44 +61,26 @@ from groupvpn.wire.numbers import (
     GdoiProtocol,
     KekAckType,
     NotifyType,
-    SigAlgorithm,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ike"))
+from group_configs import CBC, KS_ADDR, LAN_A  # noqa: E402
+from group_configs import group_config as shared_group_config  # noqa: E402
 from member_client import DEFAULT_SUITE, TestMember  # noqa: E402
 from phase1_link import SeededRng  # noqa: E402
 
 T0 = 1_700_000_000.0
 GROUP = 42
-KS_ADDR = ("198.18.0.1", 848)
-MULTICAST = Endpoint(ip_address("239.192.0.1"), 848)
-LAN_A = Endpoint(ip_network("198.18.10.0/24"))
-LAN_B = Endpoint(ip_network("198.18.20.0/24"))
 LAN_C = Endpoint(ip_network("198.18.30.0/24"))
-A_TO_B = TrafficSelector(0, LAN_A, LAN_B)
-CBC = esp_suite(EspTransform.AES_CBC, 128, AuthAlgorithm.HMAC_SHA2_256)
 CBC256 = esp_suite(EspTransform.AES_CBC, 256, AuthAlgorithm.HMAC_SHA2_256)
-ACK = AckRequest(KekAckType.KEK_SHA256)
 GAP = GroupAssociatedPolicy(activation_delay=5, deactivation_delay=30)
 HOSTS = ("198.18.1.2", "198.18.1.3", "198.18.1.4")
 PSK = PreSharedKey(b"the-members-of-group-42")
 
 
-def group_config(*, ack: AckRequest | None = ACK, kek_lifetime: int = 2000, **changes: object) -> GroupConfig:
-    """TEK sa1 (600 s: rekey at 540 s) and a KEK (2000 s: rekey at 1800 s)."""
-    kek = KekConfig(
-        lifetime=kek_lifetime,
-        source=Endpoint(ip_address(KS_ADDR[0]), KS_ADDR[1]),
-        destination=MULTICAST,
-        sig_algorithm=SigAlgorithm.ECDSA_256,
-        sig_hash=None,
-        ack=ack,
-    )
-    tek = TekConfig("sa1", CBC, lifetime=600, selectors=(A_TO_B, A_TO_B.mirrored()))
-    fields: dict[str, object] = {"group_id": GROUP, "kek": kek, "teks": (tek,), "gap": GAP}
-    fields.update(changes)
-    return GroupConfig(**fields)  # type: ignore[arg-type]
+# TEK sa1 (600 s: rekey at 540 s) and a KEK (2000 s: rekey at 1800 s).
+group_config = partial(shared_group_config, GROUP, kek_lifetime=2000, tek_lifetime=600, gap=GAP)
 
 
 @dataclass

@@ -6,28 +6,24 @@ import sqlite3
 import sys
 from collections import deque
 from dataclasses import dataclass, field, replace
-from ipaddress import ip_address, ip_network
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
 
 from groupvpn.crypto.suites import esp_suite
 from groupvpn.gdoi import (
-    AckRequest,
     Endpoint,
     FailureKind,
-    GroupAssociatedPolicy,
     MemberRegistered,
     RegistrationComplete,
     RegistrationFailed,
     RegistrationRefused,
     SenderIds,
-    TrafficSelector,
 )
 from groupvpn.ike import FailureReason, IkeSaDeleted, IkeSaEstablished, IkeSaFailed, PreSharedKey, Suite
 from groupvpn.ike.events import Collector
 from groupvpn.ike.informational import notify
-from groupvpn.ks.keys import GroupConfig, KekConfig, TekConfig
 from groupvpn.ks.rekey import Delivery, RekeyConfig
 from groupvpn.ks.server import (
     Gateway,
@@ -44,16 +40,14 @@ from groupvpn.ks.server import (
 from groupvpn.ks.store import KeyState, KeyStore, StoreError
 from groupvpn.wire.message import Header, Message
 from groupvpn.wire.numbers import (
-    AuthAlgorithm,
     EspTransform,
     ExchangeType,
-    KekAckType,
     NotifyType,
-    SigAlgorithm,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ike"))
+from group_configs import group_config  # noqa: E402
 from member_client import DEFAULT_SUITE, TestMember  # noqa: E402
 from phase1_link import SeededRng  # noqa: E402
 
@@ -63,25 +57,11 @@ GM_KEY = PreSharedKey(b"members-of-group-one-key")
 WIDE_KEY = PreSharedKey(b"the-group-wide-pre-shared-key")
 WRONG_KEY = PreSharedKey(b"not-the-key-anybody-configured")
 LISTED = ("198.18.1.2", "198.18.1.3")
-CBC = esp_suite(EspTransform.AES_CBC, 128, AuthAlgorithm.HMAC_SHA2_256)
-LAN_A = Endpoint(ip_network("198.18.10.0/24"))
-LAN_B = Endpoint(ip_network("198.18.20.0/24"))
 
 
 def group(group_id: int, *gateways: str, unicast: bool = True) -> GroupSettings:
-    kek = KekConfig(
-        lifetime=3600,
-        source=Endpoint(ip_address(KS[0]), KS[1]),
-        destination=Endpoint(ip_address("239.192.0.1"), 848),
-        sig_algorithm=SigAlgorithm.ECDSA_256,
-        sig_hash=None,
-        ack=AckRequest(KekAckType.KEK_SHA256),
-    )
-    selector = TrafficSelector(0, LAN_A, LAN_B)
-    tek = TekConfig("sa1", CBC, lifetime=1800, selectors=(selector, selector.mirrored()))
-    gap = GroupAssociatedPolicy(activation_delay=5, deactivation_delay=30, anti_replay_window=10)
     delivery = Delivery.UNICAST if unicast else Delivery.MULTICAST
-    return GroupSettings(GroupConfig(group_id, kek, (tek,), gap), gateways, RekeyConfig(delivery=delivery))
+    return GroupSettings(group_config(group_id, server=KS), gateways, RekeyConfig(delivery=delivery))
 
 
 def settings(**changes: object) -> ServerSettings:
