@@ -4,10 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEB_PACKAGES := python3-venv iproute2 iputils-ping tshark tcpdump strongswan-charon strongswan-swanctl libcharon-extra-plugins iperf3
 
-.PHONY: test deps venv debs clean
+.PHONY: test demo deps venv debs clean
 
 test: deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The README's main job: a whole group VPN in network namespaces, shown working, then removed.
+demo: deps
+	$(VENV)/bin/groupvpn lab demo
 
 deps: debs venv
 

@@ -467,11 +467,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="lab directory (default %(default)s)")
 
-    start = commands.add_parser("up", parents=[where], help="build the namespaces, write configurations, start daemons")
-    start.add_argument("--members", type=int, default=DEFAULT_MEMBERS, help="group members (default %(default)s)")
-    start.add_argument("--prefix", default=DEFAULT_PREFIX, help="namespace name prefix (default %(default)s)")
+    shape = argparse.ArgumentParser(add_help=False)
+    shape.add_argument("--members", type=int, default=DEFAULT_MEMBERS, help="group members (default %(default)s)")
+    shape.add_argument("--prefix", default=DEFAULT_PREFIX, help="namespace name prefix (default %(default)s)")
+
+    start = commands.add_parser(
+        "up", parents=[where, shape], help="build the namespaces, write configurations, start daemons"
+    )
     start.add_argument("--no-daemons", dest="daemons", action="store_false", help="only the network and configurations")
     start.set_defaults(func=_run(lambda args: up(args.dir, Lab(args.prefix, args.members), args.daemons, sys.stdout)))
+
+    show_off = commands.add_parser(
+        "demo",
+        parents=[where, shape],
+        help="up, then pings, iperf3, a decrypted WAN capture and the show views (reveals lab keys); then down",
+    )
+    show_off.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    show_off.add_argument("--replace", action="store_true", help="remove a lab already up in --dir first")
+    show_off.set_defaults(func=_run(_demo))
 
     show = commands.add_parser("status", parents=[where], help="namespaces, links, addresses and daemons")
     show.add_argument("--json", action="store_true", help="machine-readable output")
@@ -494,6 +507,12 @@ def _status(args: argparse.Namespace) -> int:
     else:
         render_status(report, sys.stdout)
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .lab_demo import demo  # it drives this module
+
+    return demo(args.dir, Lab(args.prefix, args.members), args.replace, args.keep, sys.stdout)
 
 
 def _down(args: argparse.Namespace) -> int:
