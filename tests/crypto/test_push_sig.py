@@ -45,7 +45,7 @@ def encoded_message(public: VerifyingKey, signature: bytes) -> bytes:
 def test_rsa_encodings(rsa_key, hash_, name, encoding):
     scheme = signature_scheme(SigAlgorithm.RSA, hash_, encoding)
     signature = rsa_key.sign(scheme, SIGNED)
-    assert len(signature) == 256  # SIG payload = 4 + modulus length
+    assert len(signature) == rsa_key.public.signature_size(scheme) == 256  # SIG payload = 4 + modulus length
     h = hashlib.new(name, b"rekey" + SIGNED).digest()
     assert scheme.digest(SIGNED) == h
     prefix = bytes.fromhex(DIGEST_INFO[hash_]) if encoding is RsaEncoding.DIGEST_INFO else b""
@@ -95,7 +95,7 @@ def test_ecdsa_r_s_format_and_tamper(algorithm, curve, name, size):
     scheme = signature_scheme(algorithm)
     assert scheme.digest(SIGNED) == hashlib.new(name, b"rekey" + SIGNED).digest()
     signature = key.sign(scheme, SIGNED)
-    assert len(signature) == 2 * size
+    assert len(signature) == key.public.signature_size(scheme) == 2 * size
     key.public.verify(scheme, SIGNED, signature)
     assert int.from_bytes(signature[:size], "big") and int.from_bytes(signature[size:], "big")
     with pytest.raises(SignatureError, match="does not verify"):

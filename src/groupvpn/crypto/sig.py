@@ -122,11 +122,6 @@ def _check_key_fits(scheme: SignatureScheme, key: rsa.RSAPublicKey | ec.Elliptic
 def _verify_rsa(
     key: rsa.RSAPublicKey, scheme: SignatureScheme, digest: bytes, signature: bytes
 ) -> None:
-    expected = (key.key_size + 7) // 8
-    if len(signature) != expected:
-        raise SignatureError(
-            f"RSA signature is {len(signature)} octets, expected {expected} (modulus length)"
-        )
     if scheme.rsa_encoding is RsaEncoding.DIGEST_INFO:
         key.verify(signature, digest, padding.PKCS1v15(), _prehashed(scheme))
         return
@@ -173,20 +168,27 @@ class VerifyingKey:
         """The SIG_KEY_LENGTH attribute value."""
         return self.key.key_size
 
+    def signature_size(self, scheme: SignatureScheme) -> int:
+        """SIG data octets: the RSA modulus, or r | s of the curve's size for ECDSA (§5.3.6)."""
+        _check_key_fits(scheme, self.key)
+        if isinstance(self.key, rsa.RSAPublicKey):
+            return (self.key.key_size + 7) // 8
+        return 2 * _ECDSA[scheme.algorithm][2]
+
     def verify(self, scheme: SignatureScheme, signed: bytes, signature: bytes) -> None:
         """Raise SignatureError unless ``signature`` is the key server's over ``signed``."""
-        _check_key_fits(scheme, self.key)
+        expected = self.signature_size(scheme)
+        if len(signature) != expected:
+            layout = "modulus length" if scheme.algorithm is SigAlgorithm.RSA else "r | s"
+            raise SignatureError(
+                f"{scheme.algorithm.name} signature is {len(signature)} octets, expected {expected} ({layout})"
+            )
         digest = scheme.digest(signed)
         try:
             if isinstance(self.key, rsa.RSAPublicKey):
                 _verify_rsa(self.key, scheme, digest, signature)
             else:
-                size = _ECDSA[scheme.algorithm][2]
-                if len(signature) != 2 * size:
-                    raise SignatureError(
-                        f"{scheme.algorithm.name} signature is {len(signature)} octets, "
-                        f"expected {2 * size} (r | s)"
-                    )
+                size = expected // 2
                 der = encode_dss_signature(
                     int.from_bytes(signature[:size], "big"), int.from_bytes(signature[size:], "big")
                 )

@@ -45,7 +45,7 @@ from ..wire.errors import WireError
 from ..wire.gdoi import KEK_SPI_SIZE, GroupSa, KeyDownload, SequenceNumber
 from ..wire.isakmp import GENERIC_HEADER, Delete, Signature
 from ..wire.message import HEADER, Header, Message, Payload, decode_payloads, encode_each, encode_payloads
-from ..wire.numbers import DOI, ExchangeType, Flags, GdoiProtocol, KeyPacketType, SigAlgorithm, name_of
+from ..wire.numbers import DOI, ExchangeType, Flags, GdoiProtocol, KeyPacketType, name_of
 from .ack import KEK_ACK_TYPES, build_ack
 from .errors import PolicyError
 from .policy import AckRequest, GroupPolicy, KekKeys, KekPolicy
@@ -127,12 +127,6 @@ class PushPayloads:
         return cls(seq[0].number, tuple(deletes), sa, kd)  # type: ignore[arg-type]
 
 
-def _signature_size(key: SigningKey, scheme: SignatureScheme) -> int:
-    """SIG data octets: the RSA modulus, or r | s of the curve's size for ECDSA (RFC 6407 §5.3.6)."""
-    octets = (key.public.key_bits + 7) // 8
-    return octets if scheme.algorithm is SigAlgorithm.RSA else 2 * octets
-
-
 def seal_push(kek: Kek, kek_spi: bytes, payloads: Sequence[Payload], key: SigningKey, scheme: SignatureScheme) -> bytes:
     """Sign ``payloads`` as they stand and encrypt them under ``kek``: the framing of every push.
 
@@ -142,7 +136,7 @@ def seal_push(kek: Kek, kek_spi: bytes, payloads: Sequence[Payload], key: Signin
     if len(kek_spi) != KEK_SPI_SIZE:
         raise ValueError(f"a KEK SPI is {KEK_SPI_SIZE} octets (CKY-I | CKY-R), got {len(kek_spi)}")
     icookie, rcookie = kek_spi[:8], kek_spi[8:]
-    placeholder = (*payloads, Signature(bytes(_signature_size(key, scheme))))
+    placeholder = (*payloads, Signature(bytes(key.public.signature_size(scheme))))
     parts = encode_each(placeholder)
     length = sum(len(p) for p in parts)
     padded = length + -length % kek_cipher(kek.algorithm).block_size
