@@ -41,7 +41,7 @@ import enum
 import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from types import MappingProxyType
 
 from ..gdoi.events import FailureKind, PullOutput, RegistrationComplete, RegistrationFailed
@@ -408,6 +408,15 @@ class Member:
     @property
     def connections(self) -> Mapping[Address, Connection]:
         return MappingProxyType(self._connections)
+
+    @property
+    def multicast_destinations(self) -> frozenset[tuple[IPv4Address | IPv6Address, int]]:
+        """The multicast (address, port) pairs the held KEKs name as push destinations: the groups to join."""
+        keks = (g.kek for i in self._group_ids if (g := self.sadb.groups.get(i)) is not None and g.kek is not None)
+        ends = (k.policy.destination for k in keks)
+        return frozenset(
+            (e.address, e.port) for e in ends if isinstance(e.address, IPv4Address | IPv6Address) and e.address.is_multicast
+        )
 
     @property
     def _group_ids(self) -> frozenset[int]:

@@ -10,7 +10,10 @@ its reason), server switch and clearing of SAs becomes one log line, as
 does each push applied or dropped (with why), SA activated or
 deactivated, pull rekey started and removal from a group; keys and
 pre-shared keys never do.  ``MemberDataplanes`` runs each VPN's data
-plane from that database (unless ``--no-dataplane``).
+plane from that database (unless ``--no-dataplane``).  While a held KEK
+names a multicast group as its push destination, the core holding it
+also reads a socket joined to that group (``runtime.multicast``); the
+join and the leave are logged.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -59,6 +63,7 @@ from ..wire.numbers import GDOI_PORT
 from .control import ControlError, Request
 from .daemon import StartupError, load_config, udp_socket
 from .member_dataplane import DataplaneOptions, MemberDataplanes
+from .multicast import MulticastGroup, multicast_socket
 from .netlink import Link, LinkWatcher
 from .udp import UdpDriver
 
@@ -150,6 +155,7 @@ class MemberDaemon:
         self._watchers: dict[str | None, LinkWatcher] = {}
         self._links: dict[str | None, dict[str, bool]] = defaultdict(dict)
         self._reloads: set[asyncio.Task[None]] = set()
+        self._multicast: dict[tuple[Binding, MulticastGroup], socket.socket] = {}
         self.dataplanes = MemberDataplanes(
             self.sadb, self._registration, lambda ri, name: self._links[ri].get(name, False), dataplane
         )
@@ -206,6 +212,7 @@ class MemberDaemon:
         running.driver.close()
         running.logger.cancel()
         self._log_pending(running.driver)
+        self._sync_multicast()
 
     def _link(self, namespace: str | None, link: Link) -> None:
         if self._links[namespace].get(link.name) == link.up:
@@ -311,10 +318,52 @@ class MemberDaemon:
         while True:
             _log(await driver.events.get())
             self.dataplanes.poke()
+            self._sync_multicast()
+
+    # -- multicast pushes -------------------------------------------------------------------
+
+    def _sync_multicast(self) -> None:
+        """Be joined to exactly the multicast groups the cores' KEKs push to."""
+        wanted = {
+            (binding, MulticastGroup(address, port))
+            for binding, running in self._sockets.items()
+            for address, port in running.member.multicast_destinations
+            if port
+        }
+        for key in [k for k in self._multicast if k not in wanted]:
+            sock = self._multicast.pop(key)
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+            log.info("left multicast group %s%s", key[1], _on(key[0]))
+        for key in wanted - set(self._multicast):
+            (routing_instance, address), group = key
+            try:
+                sock = multicast_socket(group, address, routing_instance)
+            except (OSError, ValueError) as err:
+                log.error("cannot join multicast group %s%s, pushes to it are lost: %s", group, _on(key[0]), err)
+                continue
+            self._multicast[key] = sock
+            self._loop.add_reader(sock.fileno(), self._multicast_readable, key[0], sock)
+            log.info("joined multicast group %s%s", group, _on(key[0]))
+
+    def _multicast_readable(self, binding: Binding, sock: socket.socket) -> None:
+        """Multicast pushes go to the core of ``binding`` like unicast ones; its acks leave its own socket."""
+        running = self._sockets[binding]
+        while True:
+            try:
+                data, (host, port, *_) = sock.recvfrom(1 << 16)
+            except (BlockingIOError, InterruptedError):
+                return
+            running.driver.step(partial(running.member.receive, data, (host, port)))
 
     def _log_pending(self, driver: UdpDriver) -> None:
         while not driver.events.empty():
             _log(driver.events.get_nowait())
+
+
+def _on(binding: Binding) -> str:
+    routing_instance, address = binding
+    return f" on {address}" + (f" in routing instance {routing_instance}" if routing_instance else "")
 
 
 def _log(event: MemberEvent) -> None:
