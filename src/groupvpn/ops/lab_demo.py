@@ -258,7 +258,9 @@ class _Demo:
     # -- helpers ----------------------------------------------------------------------------
 
     def step(self, title: str) -> None:
+        """A step's heading; what came before is flushed so that the demo reads live through a pipe too."""
         print(f"\n== {title}", file=self.out)
+        self.out.flush()
 
     def _daemons(self) -> dict[str, dict[str, Any]]:
         state = load_state(self.directory)
