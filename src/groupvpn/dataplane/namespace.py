@@ -1,7 +1,7 @@
-"""Doing things inside the member's network namespace without moving the caller.
+"""Doing things inside a network namespace without moving the caller.
 
-TUN devices and sysctls belong to the namespace of the thread that creates
-or writes them, so ``in_namespace`` runs a function on a short-lived
+TUN devices, sockets and sysctls belong to the namespace of the thread that
+creates or writes them, so ``in_namespace`` runs a function on a short-lived
 thread that has entered the namespace with setns(2) (Python 3.11 has no
 ``os.setns``); the daemon's own threads never move.  ``None`` means the
 caller's own namespace, for a member that already runs inside its lab
@@ -42,7 +42,8 @@ def in_namespace(namespace: str | None, action: Callable[[], T]) -> T:
         try:
             target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as err:
-            problem = NamespaceError(f"network namespace {namespace}: cannot open {path}: {err.strerror}")
+            hint = f" (ip netns add {namespace})" if isinstance(err, FileNotFoundError) else ""
+            problem = NamespaceError(f"network namespace {namespace}: cannot open {path}: {err.strerror}{hint}")
             outcome.append((False, problem))
             return
         try:
