@@ -108,11 +108,11 @@ def demo(directory: Path, lab: Lab, replace: bool, keep: bool, out: TextIO) -> i
     if replace:
         print(f"removed {len(remove(directory, lab.prefix))} namespaces of an earlier lab", file=out)
     summary = Summary(lab.members)
-    demo = _Demo(directory, lab, summary, out)
-    demo.step("groupvpn lab up")
+    run = _Demo(directory, lab, summary, out)
+    run.step("groupvpn lab up")
     started = up(directory, lab, daemons=True, out=out)  # refuses (LabError) when a lab is up: nothing to undo
     try:
-        demo.run(started == 0)
+        run.run(started == 0)
     except DemoFailed as err:
         summary.failure = str(err)
     finally:
