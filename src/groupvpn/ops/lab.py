@@ -1,4 +1,4 @@
-"""``groupvpn lab up|status|down``: a whole group VPN on one machine, in network namespaces.
+"""``groupvpn lab up|status|down|demo``: a whole group VPN on one machine, in network namespaces.
 
 ::
 
@@ -19,7 +19,7 @@ travels with the hosts' addresses, which is why the WAN routes LANs.
 The lab directory holds ``lab.json`` (what was created, updated as each
 namespace appears, so ``down`` also cleans up after a crashed ``up``),
 the key server and member configurations, and the daemons' logs, control
-sockets and state.  Daemons are started only when this ``groupvpn`` has
+sockets and state.  ``demo`` (in ``lab_demo``) shows a new lab at work.  Daemons are started only when this ``groupvpn`` has
 the ``ks`` and ``member`` commands.
 """
 
