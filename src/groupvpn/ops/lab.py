@@ -19,8 +19,9 @@ travels with the hosts' addresses, which is why the WAN routes LANs.
 The lab directory holds ``lab.json`` (what was created, updated as each
 namespace appears, so ``down`` also cleans up after a crashed ``up``),
 the key server and member configurations, and the daemons' logs, control
-sockets and state.  ``demo`` (in ``lab_demo``) shows a new lab at work.  Daemons are started only when this ``groupvpn`` has
-the ``ks`` and ``member`` commands.
+sockets and state.  Daemons are started only when this ``groupvpn`` has
+the ``ks`` and ``member`` commands.  ``demo`` (``lab_demo``) shows a new
+lab at work.
 """
 
 from __future__ import annotations
