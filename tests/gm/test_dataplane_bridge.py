@@ -137,7 +137,9 @@ def test_selectors_keep_protocol_and_ports_and_cover_ranges_exactly():
     span = AddressRange(ip_address("10.0.0.1"), ip_address("10.0.0.6"))
     ranged = selectors(TrafficSelector(0, Endpoint(span), Endpoint(ip_network("10.9.0.0/16"))))
     assert [str(s.source) for s in ranged] == ["10.0.0.1/32", "10.0.0.2/31", "10.0.0.4/31", "10.0.0.6/32"]
-    assert {(s.destination, s.protocol, s.source_ports) for s in ranged} == {(ip_network("10.9.0.0/16"), None, ANY_PORT)}
+    assert {(s.destination, s.protocol, s.source_ports) for s in ranged} == {
+        (ip_network("10.9.0.0/16"), None, ANY_PORT)
+    }
 
 
 # -- policy --------------------------------------------------------------------------------
@@ -150,7 +152,8 @@ def installed(policy: GroupPolicy | None = None, now: float = NOW) -> SaDatabase
 
 
 def state_at(db: SaDatabase, now: float, version: int = 1, **options: object):
-    return policy_state(version, db.snapshot(now).groups.get(GROUP), DfBit.CLEAR, LOCAL, **options)  # type: ignore[arg-type]
+    group = db.snapshot(now).groups.get(GROUP)
+    return policy_state(version, group, DfBit.CLEAR, LOCAL, **options)  # type: ignore[arg-type]
 
 
 def test_deny_entries_come_first_and_permits_encrypt_with_the_snapshot_tek():
@@ -169,7 +172,8 @@ def test_deny_entries_come_first_and_permits_encrypt_with_the_snapshot_tek():
     cbc = int.from_bytes(CBC_SPI, "big")
     # The GCM TEK decrypts, but without a Sender ID the member must not encrypt with it.
     assert dict(state.encrypting) == {"10.1.0.0/16 -> 10.2.0.0/16": cbc, "10.2.0.0/16 -> 10.1.0.0/16": cbc}
-    assert policy.unusable == (f"TEK 0x{GCM_SPI.hex()}: {GCM.name} needs a Sender ID to encrypt and the key server gave none",)
+    reason = f"{GCM.name} needs a Sender ID to encrypt and the key server gave none"
+    assert policy.unusable == (f"TEK 0x{GCM_SPI.hex()}: {reason}",)
     assert not state.fail_open and state.version == 1
     by_spi = {sa.spi: sa for sa in state.sas}
     assert set(by_spi) == {cbc, int.from_bytes(GCM_SPI, "big")}
@@ -225,7 +229,8 @@ def test_an_sa_whose_outer_destination_cannot_be_known_is_left_out_and_named():
     assert policy.state.sas == () and dict(policy.state.encrypting) == {}
     assert [r.name for r in policy.state.rules] == ["10.1.0.0/16 -> 10.2.0.0/16"]  # its traffic is dropped
     assert policy.unusable == (
-        f"TEK 0x{CBC_SPI.hex()}: the outer destination is not preserved (SOURCE_ONLY) and 10.2.0.0/16 is not one address",
+        f"TEK 0x{CBC_SPI.hex()}: the outer destination is not preserved (SOURCE_ONLY) "
+        "and 10.2.0.0/16 is not one address",
     )
 
 

@@ -22,7 +22,8 @@ server answering, members pass their fail-open rules' traffic in clear
 (and only that) until keys arrive; a member's data plane stops with its
 WAN interface and comes back with it.  Every wait is bounded; teardown
 stops the daemons and captures and deletes the namespaces, also after a
-failure.
+failure.  With 30-s TEKs pushed at half-life, a stream of pings crosses
+several rekeys without losing a packet.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ DISCARD = 9
 DECRYPT = ["esp.enable_encryption_decode:TRUE", "esp.enable_authentication_check:TRUE"]
 
 
-def ks_conf(lab: Lab, state_file: Path) -> str:
+def ks_conf(lab: Lab, state_file: Path, lifetime: int = 3600, timing: str = "") -> str:
+    """Group 1 for the lab's members; ``timing``: extra group statements (rekey percentage, ATD, DTD)."""
     members = " ".join(str(lab.member_wan(n).ip) for n in lab.numbers)
     return f"""\
 security {{
@@ -98,13 +100,13 @@ security {{
                 proposal aes256-sha256 {{
                     authentication-algorithm hmac-sha-256-128;
                     encryption-algorithm aes-256-cbc;
-                    lifetime-seconds 3600;
+                    lifetime-seconds {lifetime};
                 }}
             }}
             group lab {{
                 group-id 1;
                 ike-gateway gms;
-                anti-replay-time-window {WINDOW};
+                anti-replay-time-window {WINDOW};{timing}
                 ipsec-sa lans {{
                     proposal aes256-sha256;
                     match-policy lans {{ source 198.19.0.0/16; destination 198.19.0.0/16; }}
@@ -130,9 +132,9 @@ class GroupLab:
     daemons: dict[str, Daemon] = field(default_factory=dict)
     captures: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def start_ks(self) -> None:
-        ks = Daemon("ks", "ks", self.directory, self.lab.ks).write(ks_conf(self.lab, self.directory / "ks.db"))
-        self.daemons["ks"] = ks.start()
+    def start_ks(self, lifetime: int = 3600, timing: str = "") -> None:
+        text = ks_conf(self.lab, self.directory / "ks.db", lifetime, timing)
+        self.daemons["ks"] = Daemon("ks", "ks", self.directory, self.lab.ks).write(text).start()
 
     def start_members(self, extra: str = "") -> None:
         """Every member with the lab's configuration (``extra``: set commands added to it), one worker each."""
@@ -360,3 +362,25 @@ def test_fail_open_only_while_no_key_server_answers_and_the_data_plane_follows_i
     wait_for(lambda: registered(group.member(2)), timeout=30, what="gm2 to register again")
     wait_for(lambda: group.ping(1, group.host(2)), timeout=30, what="h1 to reach h2 again")
     assert group.statistics(2)["data_plane"] == "running (1 of 1 workers)"
+
+
+@pytest.mark.parametrize("group", [2], indirect=True)
+def test_traffic_flows_without_loss_while_the_group_rekeys(group, tmp_path):
+    # 30-s TEKs pushed at half-life; each takes over encryption 3 s after its push (ATD), when every member has it.
+    group.start_ks(30, "\n                rekey-percentage 50;\n                activation-time-delay 3;")
+    group.start_members()
+    for n in group.lab.numbers:
+        wait_for(lambda n=n: registered(group.member(n)), timeout=20, what=f"gm{n} to register")
+    wait_for(lambda: group.ping(1, group.host(2)), timeout=30, what="h1 to reach h2")
+    wan_pcap = tmp_path / "wan.pcap"
+    wan = group.capture(group.lab.wan, "gm1", wan_pcap)
+    count = 350  # 35 s: at least two rekeys
+    command = ("ping", "-n", "-q", "-c", str(count), "-i", "0.1", "-W", "2", group.host(2))
+    pinged = group.run(group.lab.host(1), *command, timeout=90)
+    stop(wan)
+    assert f"{count} packets transmitted, {count} received" in pinged.stdout, pinged.stdout
+    frames = read_fields(wan_pcap, ["esp.spi"])
+    spis = list(dict.fromkeys(spi for frame in frames for spi in frame.ints("esp.spi")))
+    assert len(spis) >= 3, spis  # the first TEK and at least two successors carried the traffic in turn
+    log = group.member(1).log
+    assert all(f"encrypting with 0x{spi:08x}" in log for spi in spis)

@@ -108,7 +108,8 @@ def describe(
     """
     attached = traffic.attached
     if not attached:
-        raise NoDataplane(f"its service set is applied to no interface in the {traffic.match_direction.value} direction")
+        direction = traffic.match_direction.value
+        raise NoDataplane(f"its service set is applied to no interface in the {direction} direction")
     present = {i.name: i for i in interfaces}
     missing = [name for name in attached if name not in present]
     if missing:
