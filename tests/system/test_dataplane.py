@@ -136,14 +136,17 @@ class GroupLab:
         text = ks_conf(self.lab, self.directory / "ks.db", lifetime, timing)
         self.daemons["ks"] = Daemon("ks", "ks", self.directory, self.lab.ks).write(text).start()
 
-    def start_members(self, extra: str = "") -> None:
-        """Every member with the lab's configuration (``extra``: set commands added to it), one worker each."""
+    def member_text(self, n: int, extra: str = "") -> str:
+        """The lab's configuration of gm``n`` in set form, plus the set commands ``extra``."""
         lab = self.lab
-        for n in lab.numbers:
-            text = render_set(parse(member_config(lab.ks_address.ip, lab.member_wan(n), "wan", PSK), MEMBER))
-            member = Daemon("member", f"gm{n}", self.directory, lab.gm(n), extra=("--dataplane-workers", "1"))
-            self.daemons[f"gm{n}"] = member.write(text + extra).launch()
-        for n in lab.numbers:
+        return render_set(parse(member_config(lab.ks_address.ip, lab.member_wan(n), "wan", PSK), MEMBER)) + extra
+
+    def start_members(self, extra: str = "", options: tuple[str, ...] = ("--dataplane-workers", "1")) -> None:
+        """Every member with the lab's configuration plus ``extra``, with command-line ``options``."""
+        for n in self.lab.numbers:
+            member = Daemon("member", f"gm{n}", self.directory, self.lab.gm(n), extra=options)
+            self.daemons[f"gm{n}"] = member.write(self.member_text(n, extra)).launch()
+        for n in self.lab.numbers:
             self.member(n).ready()
 
     def member(self, n: int) -> Daemon:
@@ -362,6 +365,26 @@ def test_fail_open_only_while_no_key_server_answers_and_the_data_plane_follows_i
     wait_for(lambda: registered(group.member(2)), timeout=30, what="gm2 to register again")
     wait_for(lambda: group.ping(1, group.host(2)), timeout=30, what="h1 to reach h2 again")
     assert group.statistics(2)["data_plane"] == "running (1 of 1 workers)"
+
+    # A changed VPN (df-bit) is reloaded: its data plane restarts with its new registration.
+    member = group.member(2)
+    member.write(group.member_text(2, FAIL_OPEN + "set security group-vpn member ipsec vpn lab df-bit set\n"))
+    reloaded = groupvpn("member", "reload", "--socket", str(member.socket))
+    assert reloaded.returncode == 0, reloaded.stderr
+    wait_for(lambda: "data plane stopped (configuration changed)" in member.log, timeout=20, what="the restart")
+    wait_for(lambda: registered(member), timeout=30, what="gm2 to register after the reload")
+    wait_for(lambda: group.ping(1, group.host(2)), timeout=30, what="h1 to reach h2 after the reload")
+    assert member.log.count("vpn lab: data plane up") == 3
+
+
+@pytest.mark.parametrize("group", [1], indirect=True)
+def test_no_dataplane_runs_the_control_plane_only(group):
+    group.start_members(options=("--no-dataplane",))
+    member = group.member(1)
+    assert group.statistics(1)["data_plane"] == "disabled (--no-dataplane)"
+    assert "data plane disabled (--no-dataplane)" in member.log
+    links = subprocess.run(["ip", "-n", group.lab.gm(1), "-o", "link", "show"], capture_output=True, text=True, timeout=10)
+    assert "gvpn" not in links.stdout
 
 
 @pytest.mark.parametrize("group", [2], indirect=True)
