@@ -116,7 +116,7 @@ def test_the_rekey_schedule_is_the_core_timer_and_acks_come_back_through_receive
     acks = sorted((e.group_id, e.member, e.seq) for e in of(PushAcknowledged, seen))
     assert acks == [(1, LISTED[0], 1), (1, LISTED[1], 1), (2, LISTED[0], 1)]
     # Every member holds the key the server now serves.
-    for (host, group_id, accepted) in members.accepted:
+    for _, group_id, accepted in members.accepted:
         (tek,) = store.teks(group_id, KeyState.ACTIVE)
         assert accepted.policy is not None and [k.spi for k in accepted.policy.tek_keys] == [tek.spi.to_bytes(4, "big")]
     view = registered_members(server)
@@ -257,7 +257,8 @@ def test_a_reload_that_cannot_be_served_changes_nothing(members):
     changed = replace(old, keys=replace(old.keys, gap=None))
     second = group(2, "gm", "anyone")
     # Group 2's stored signing key is ECDSA; an RSA configuration cannot use it.
-    rsa = replace(second, keys=replace(second.keys, kek=replace(second.keys.kek, sig_algorithm=SigAlgorithm.RSA, sig_hash=SigHashAlgorithm.SHA256)))
+    rsa_kek = replace(second.keys.kek, sig_algorithm=SigAlgorithm.RSA, sig_hash=SigHashAlgorithm.SHA256)
+    rsa = replace(second, keys=replace(second.keys, kek=rsa_kek))
     with pytest.raises(CryptoError):
         server.reconfigure(settings(groups=(changed, rsa)), T0 + 300)
     assert server.groups[1].keys.config == old.keys and server.groups[2].keys.config == second.keys

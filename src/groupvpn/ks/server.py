@@ -657,7 +657,8 @@ class KeyServer:
                 group.stats["policy rejected by member"] += 1
             self.stats["policies rejected by members"] += 1
             reason = f"member {event.peer[0]} rejected the policy of group {pull.group_id}: {name}"
-            out.events.append(PolicyRejected(event.peer, pull.group_id, event.notify_type, f"{reason} ({text})" if text else reason))
+            reason = f"{reason} ({text})" if text else reason
+            out.events.append(PolicyRejected(event.peer, pull.group_id, event.notify_type, reason))
             self._forget(key)
 
     # -- GROUPKEY-PULL ------------------------------------------------------------------------
@@ -697,6 +698,7 @@ class KeyServer:
     ) -> None:
         replies = [Datagram(data, pull.peer.address) for data in result.datagrams]
         for event in result.events:
+            assert isinstance(event, MemberRegistered | RegistrationRefused)  # a responder's only events
             if isinstance(event, MemberRegistered):
                 try:
                     self.store.register_member(event.group_id, event.peer.address[0], now)
