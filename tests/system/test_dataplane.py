@@ -383,7 +383,8 @@ def test_no_dataplane_runs_the_control_plane_only(group):
     member = group.member(1)
     assert group.statistics(1)["data_plane"] == "disabled (--no-dataplane)"
     assert "data plane disabled (--no-dataplane)" in member.log
-    links = subprocess.run(["ip", "-n", group.lab.gm(1), "-o", "link", "show"], capture_output=True, text=True, timeout=10)
+    command = ["ip", "-n", group.lab.gm(1), "-o", "link", "show"]
+    links = subprocess.run(command, capture_output=True, text=True, timeout=10)
     assert "gvpn" not in links.stdout
 
 
