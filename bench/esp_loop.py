@@ -1,11 +1,12 @@
-"""Per-packet ESP tunnel-mode encrypt + decrypt: scapy's SecurityAssociation against groupvpn's suites.
+"""Per-packet ESP tunnel-mode encrypt + decrypt: scapy's SecurityAssociation against groupvpn's data plane.
 
 Both loops take the inner IPv4 packet as bytes and return bytes, as a data
 plane would: encrypt builds the whole header-preserving tunnel packet
 (outer IPv4 header copying the inner addresses, protocol 50, SPI,
 sequence number, IV, padded and encrypted payload, ICV) and decrypt undoes
-it.  groupvpn's loop uses ``groupvpn.crypto.suites`` contexts prepared once
-per SA with ``groupvpn.wire.esp`` framing.  Before timing anything each
+it.  groupvpn's loop is the data plane's real ``Encapsulator`` and
+``Decapsulator`` (``bench/packet_path.py``'s member, policy lookup and
+selector checks included).  Before timing anything each
 suite is checked for interoperability both ways (scapy decrypts ours, we
 decrypt scapy's), so the two loops provably do the same job.
 
@@ -18,29 +19,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import struct
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import benchlib
+from packet_path import LAN_A, LAN_B, SIZES, SPI, inner_packet, path_functions
 
-from groupvpn.crypto.suites import CbcIvSource, CounterIvSource, EspKeys, EspSuite, esp_suite
-from groupvpn.wire.esp import ESP_HEADER, ESP_HEADER_SIZE, split_trailer, trailer
-from groupvpn.wire.ip import checksum
-from groupvpn.wire.numbers import AuthAlgorithm, EspTransform, IpProtocol
+from groupvpn.crypto.suites import EspKeys, EspSuite, esp_suite
+from groupvpn.wire.numbers import AuthAlgorithm, EspTransform
 
 try:
-    from scapy.layers.inet import IP, UDP
+    from scapy.layers.inet import IP
     from scapy.layers.ipsec import ESP, SecurityAssociation
 except ImportError:
     sys.exit("esp_loop.py needs scapy: pip install -e '.[bench]'")
-
-SPI = 0x47560001
-SRC, DST = "198.19.1.2", "198.19.2.2"
-IP_UDP_HEADERS = 28
-SIZES = (64, 1400)  # inner IPv4 packet sizes
 
 
 @dataclass(frozen=True)
@@ -70,40 +64,6 @@ CASES = (
 )
 
 
-def inner_packet(size: int) -> bytes:
-    return bytes(IP(src=SRC, dst=DST, id=1, flags="DF") / UDP(sport=5201, dport=5201) / bytes(size - IP_UDP_HEADERS))
-
-
-class GroupvpnSa:
-    """A minimal header-preserving ESP tunnel over one prepared suite context (outbound and inbound)."""
-
-    def __init__(self, suite: EspSuite, keys: EspKeys) -> None:
-        self.suite = suite
-        self.context = suite.prepare(keys)
-        self.ivs = CounterIvSource() if suite.counter_mode else CbcIvSource(suite.iv_size)
-        self.sequence = 0
-
-    def encrypt(self, inner: bytes) -> bytes:
-        self.sequence += 1
-        header8 = ESP_HEADER.pack(SPI, self.sequence)
-        payload = inner + trailer(self.suite.pad_length(len(inner)), IpProtocol.IPV4)
-        esp = header8 + self.context.seal(header8, payload, self.ivs.next())
-        outer = bytearray(inner[:20])  # RFC 5374 §3.1 address preservation: the inner header, re-purposed
-        outer[0] = 0x45
-        outer[2:4] = struct.pack("!H", 20 + len(esp))
-        outer[9] = IpProtocol.ESP
-        outer[10:12] = b"\0\0"
-        outer[10:12] = struct.pack("!H", checksum(outer))
-        return bytes(outer) + esp
-
-    def decrypt(self, packet: bytes) -> bytes:
-        start = (packet[0] & 0x0F) * 4
-        header8 = packet[start : start + ESP_HEADER_SIZE]
-        plaintext = self.context.open(header8, packet[start + ESP_HEADER_SIZE :])
-        end, _ = split_trailer(plaintext)
-        return plaintext[:end]
-
-
 def scapy_sa(case: Case, keys: EspKeys) -> SecurityAssociation:
     return SecurityAssociation(
         ESP,
@@ -112,7 +72,7 @@ def scapy_sa(case: Case, keys: EspKeys) -> SecurityAssociation:
         crypt_key=keys.encryption,
         auth_algo=case.scapy_auth,
         auth_key=keys.integrity or None,
-        tunnel_header=IP(src=SRC, dst=DST),
+        tunnel_header=IP(src=str(LAN_A[2]), dst=str(LAN_B[2])),
     )
 
 
@@ -124,12 +84,14 @@ def scapy_decrypt(sa: SecurityAssociation) -> Callable[[bytes], bytes]:
     return lambda packet: bytes(sa.decrypt(IP(packet)))
 
 
-def check_interop(case: Case, ours: GroupvpnSa, theirs: SecurityAssociation) -> None:
+def check_interop(
+    case: Case, theirs: SecurityAssociation, encrypt: Callable[[bytes], bytes], decrypt: Callable[[bytes], bytes]
+) -> None:
     for size in SIZES:
         inner = inner_packet(size)
-        if scapy_decrypt(theirs)(ours.encrypt(inner)) != inner:
+        if scapy_decrypt(theirs)(encrypt(inner)) != inner:
             sys.exit(f"{case.label}: scapy does not decrypt groupvpn's ESP to the original packet")
-        if ours.decrypt(scapy_encrypt(theirs)(inner)) != inner:
+        if decrypt(scapy_encrypt(theirs)(inner)) != inner:
             sys.exit(f"{case.label}: groupvpn does not decrypt scapy's ESP to the original packet")
 
 
@@ -169,12 +131,11 @@ def main() -> int:
     for case in CASES:
         keys = case.suite.generate_keys()
         theirs = scapy_sa(case, keys)
-        check_interop(case, GroupvpnSa(case.suite, keys), theirs)
+        check_interop(case, theirs, *path_functions(case.suite, keys))
         for size in SIZES:
             inner = inner_packet(size)
             s_enc, s_dec = measure(scapy_encrypt(theirs), scapy_decrypt(theirs), inner, args.scapy_packets, args.repeat)
-            ours = GroupvpnSa(case.suite, keys)
-            g_enc, g_dec = measure(ours.encrypt, ours.decrypt, inner, args.packets, args.repeat)
+            g_enc, g_dec = measure(*path_functions(case.suite, keys), inner, args.packets, args.repeat)
             rows.append(
                 [
                     case.label,

@@ -66,10 +66,10 @@ class NullContext:
         return body[self.iv : len(body) - len(self.icv)]
 
 
-def member(suite: EspSuite, null: bool) -> tuple[Encapsulator, Decapsulator]:
+def member(suite: EspSuite, keys: EspKeys, null: bool) -> tuple[Encapsulator, Decapsulator]:
     """One member's encrypt and decrypt paths for LAN A <-> LAN B under one SA, selectors as a member installs them."""
     a_to_b, b_to_a = Selector(LAN_A, LAN_B), Selector(LAN_B, LAN_A)
-    sa = EspSa(SaConfig(SPI, suite, suite.generate_keys(), selectors=(a_to_b, b_to_a)))
+    sa = EspSa(SaConfig(SPI, suite, keys, selectors=(a_to_b, b_to_a)))
     if null:
         sa.context = NullContext(suite)
     spd = Spd([Rule("a-b", a_to_b), Rule("b-a", b_to_a)])
@@ -77,8 +77,11 @@ def member(suite: EspSuite, null: bool) -> tuple[Encapsulator, Decapsulator]:
     return Encapsulator(spd, MTU, ip_id=0), Decapsulator([sa])
 
 
-def path_functions(suite: EspSuite, null: bool) -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]:
-    encapsulator, decapsulator = member(suite, null)
+def path_functions(
+    suite: EspSuite, keys: EspKeys, null: bool = False
+) -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]:
+    """The member's ``Encapsulator.process`` and ``Decapsulator.process`` as bytes -> bytes."""
+    encapsulator, decapsulator = member(suite, keys, null)
 
     def encrypt(packet: bytes) -> bytes:
         out: list[bytes] = []
@@ -167,8 +170,8 @@ def main() -> int:
     for label, suite in SUITES:
         for size in SIZES:
             inner = inner_packet(size)
-            ours = path_functions(suite, null=False)
-            null = path_functions(suite, null=True)
+            ours = path_functions(suite, suite.generate_keys())
+            null = path_functions(suite, suite.generate_keys(), null=True)
             esp, null_esp = ours[0](inner), null[0](inner)
             if ours[1](esp) != inner or null[1](null_esp) != inner:
                 sys.exit(f"{label} {size} B: a round trip did not give back the original packet")
