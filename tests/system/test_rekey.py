@@ -10,8 +10,9 @@ lives 600 s; pushes are retransmitted every 2 s, twice.  One test runs a
 push rekey, a pull rekey (a member the key server cannot reach during
 the push registers again at 5-7 % of its TEK's lifetime), a forced rekey from
 the command line and a key server killed (``--crash-before-push``)
-between storing the keys of a rekey and pushing them; the other removes
-members by both methods and re-authorizes one.  Every wait is bounded
+between storing the keys of a rekey and pushing them; the other reloads
+a changed GAP (SIGHUP), removes members by both methods and re-authorizes
+one.  Every wait is bounded
 polling; teardown stops the daemons and deletes the namespaces.
 """
 
@@ -45,8 +46,9 @@ MEMBERS = {"gm1": "198.18.0.11", "gm2": "198.18.0.12", "gm3": "198.18.0.13"}
 GENERATED_TEK = re.compile(r"group 1: generated TEK (0x[0-9a-f]{8}) for SA lan")
 
 
-def ks_text(lab: Lab, *, tek_lifetime: int, dtd: int | None = None) -> str:
+def ks_text(lab: Lab, *, tek_lifetime: int, dtd: int | None = None, atd: int | None = None) -> str:
     gap = f"\n                deactivation-time-delay {dtd};" if dtd is not None else ""
+    gap += f"\n                activation-time-delay {atd};" if atd is not None else ""
     return f"""\
 security {{
     group-vpn {{
@@ -210,10 +212,21 @@ def test_push_and_pull_rekeys_a_forced_rekey_and_a_key_server_killed_between_key
     assert PSK not in ks.log and all(PSK not in m.log for m in members.values())
 
 
-def test_removal_by_delete_and_by_dtd_is_refused_until_reauthorized(lab):
+def test_a_reload_pushes_the_gap_and_removal_by_delete_and_by_dtd_is_refused_until_reauthorized(lab):
     ks, members = start(lab, tek_lifetime=600, dtd=20)
     gm1, gm2, gm3 = members["gm1"], members["gm2"], members["gm3"]
     kek0, tek0 = server_keys(ks)
+
+    # SIGHUP with new activation and deactivation delays: one push restates the SA with the new GAP.
+    ks.write(ks_text(lab, tek_lifetime=600, dtd=25, atd=2))
+    ks.signal(signal.SIGHUP)
+    update = f"group 1: push SEQ 1 under KEK {kek0} (policy update, configuration changed) sent to 3 members"
+    wait_for(lambda: update in ks.log, timeout=10, what="the reload's push")
+    for role, member in members.items():
+        applied = f"group 1: push SEQ 1 under KEK {kek0} from {KS}: "
+        line = wait_for(lambda m=member: next((x for x in m.log.splitlines() if applied in x), None), timeout=5, what=role)
+        assert "GAP ATD 2 s, DTD 25 s" in line, line
+    assert server_keys(ks) == (kek0, tek0)  # same keys, new policy
 
     # Delete: gm3 drops its SAs at once, tries to register again and is refused with the reason.
     removed = operator(ks, "clear", "registered-members", "member", MEMBERS["gm3"], "method", "delete")
