@@ -172,7 +172,7 @@ class MemberDataplanes:
                 await self._reconcile()
             except Exception:  # the daemon must outlive a bug here; its traceback goes to the log
                 log.exception("data plane reconciliation failed")
-            if self._closing:
+            if self._closing and not self._running:  # a pass begun before ``close`` may have started one
                 return
 
     async def _reconcile(self) -> None:
@@ -252,7 +252,8 @@ class MemberDataplanes:
             await self._loop.run_in_executor(None, running.plane.stop)
         except SteeringError as problem:
             log.error("vpn %s: data plane steering not fully removed: %s", name, problem)
-        del self._running[name]
+        finally:
+            del self._running[name]
         log.info("vpn %s: data plane stopped (%s)", name, reason)
 
     # -- policies -------------------------------------------------------------------------
