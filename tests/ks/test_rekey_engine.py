@@ -603,6 +603,16 @@ def test_a_removed_member_is_told_alone_and_the_others_are_rekeyed(lab, store, m
     assert pushes(lab)[0][3] == ("198.18.1.2", "198.18.1.4")
 
 
+def test_a_group_without_a_deactivation_delay_is_served_but_refuses_removal_by_dtd(store):
+    lab = make_lab(store, group_config(gap=GroupAssociatedPolicy(activation_delay=5, deactivation_delay=0)),
+                   RekeyConfig(removal_dtd=0))
+    lab.join(*HOSTS)
+    with pytest.raises(ValueError, match=r"DTD 0 s\), so a smaller DTD cannot remove a member: use method delete"):
+        lab.engine.remove_member(HOSTS[1], RemovalMethod.DTD, T0 + 100)
+    lab.run(lab.engine.remove_member(HOSTS[1], RemovalMethod.DELETE, T0 + 100), T0 + 100)
+    assert lab.of(MemberRemoved)
+
+
 def test_a_removed_member_stays_refused_until_reauthorized(lab, store):
     lab.run(lab.engine.remove_member("198.18.1.3", RemovalMethod.DELETE, T0 + 100), T0 + 100)
     with pytest.raises(ValueError, match="198.18.1.3 is removed already of group 42"):

@@ -115,11 +115,15 @@ class RekeyConfig:
                 f"{where}: {self.delivery} delivery needs a multicast address as the SA KEK destination, "
                 f"not {destination}"
             )
-        dtd = None if group.gap is None else group.gap.deactivation_delay
-        if dtd is not None and self.removal_dtd >= dtd:
+        dtd = _group_dtd(group)
+        if dtd and self.removal_dtd >= dtd:
             raise ValueError(
                 f"{where}: the removal DTD ({self.removal_dtd} s) must be smaller than the group's ({dtd} s)"
             )
+
+
+def _group_dtd(group: GroupConfig) -> int | None:
+    return None if group.gap is None else group.gap.deactivation_delay
 
 
 # -- events -------------------------------------------------------------------------------
@@ -479,6 +483,11 @@ class RekeyEngine:
         policy = None
         deletes: tuple[Delete, ...] = ()
         if method is RemovalMethod.DTD:
+            if _group_dtd(self.keys.config) == 0:
+                raise ValueError(
+                    f"group {self.group_id} deactivates replaced SAs at once (DTD 0 s), so a smaller DTD "
+                    "cannot remove a member: use method delete"
+                )
             policy = old_sas_with_dtd(self.keys, current, self.config.removal_dtd, now)
         else:
             deletes = delete_payloads(current)
