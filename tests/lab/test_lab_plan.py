@@ -103,6 +103,22 @@ def test_server_configuration_admits_each_member_for_the_lan_group():
     assert at(server, "ike", "policy", "pre-shared-key", "ascii-text").value == PSK
 
 
+@pytest.mark.parametrize(
+    ("esp", "algorithms"),
+    [
+        ("aes128gcm16", {"encryption-algorithm": "aes-128-gcm"}),
+        ("aes256-sha256", {"encryption-algorithm": "aes-256-cbc", "authentication-algorithm": "hmac-sha-256-128"}),
+    ],
+)
+def test_the_group_protects_its_lans_with_the_chosen_esp_suite(esp, algorithms):
+    lab = Lab("gvx-", 2)
+    tree = parse_curly(configurations(lab, esp)["ks.conf"], SERVER)
+    server = at(tree, "security", "group-vpn", "server")
+    proposal = at(server, "ipsec", "proposal")
+    assert {keyword: at(proposal, keyword).value for keyword in algorithms} == algorithms
+    assert at(server, "group", "ipsec-sa", "proposal").value == proposal.value == f"lab-{esp}"
+
+
 def test_member_configuration_registers_from_its_wan_address():
     text = lab_configs.member_config(IPv4Address("198.18.0.2"), IPv4Interface("198.18.2.2/24"), "wan", PSK)
     tree = parse_curly(text, MEMBER)

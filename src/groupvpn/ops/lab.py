@@ -34,7 +34,7 @@ import secrets
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
@@ -55,6 +55,7 @@ from .netlab import (
     interfaces,
     processes,
     routes_out,
+    stop_processes,
 )
 
 DEFAULT_DIR = Path("/run/groupvpn/lab")  # tmpfs, like /run/netns: both vanish together on reboot
@@ -194,12 +195,15 @@ def _write_private(path: Path, text: str) -> None:
 # up
 
 
-def configurations(lab: Lab) -> dict[str, str]:
-    """File name -> text of the key server and member configurations, sharing a fresh pre-shared key."""
+def configurations(lab: Lab, esp: str = lab_configs.DEFAULT_ESP_SUITE) -> dict[str, str]:
+    """File name -> text of the key server and member configurations, sharing a fresh pre-shared key.
+
+    ``esp`` is the group's suite, a key of ``lab_configs.ESP_SUITES``.
+    """
     psk = secrets.token_urlsafe(24)
     members = [lab.member_wan(n).ip for n in lab.numbers]
     try:
-        files = {"ks.conf": lab_configs.server_config(lab.ks_address.ip, members, LAN_NET, psk)}
+        files = {"ks.conf": lab_configs.server_config(lab.ks_address.ip, members, LAN_NET, psk, esp)}
         for n in lab.numbers:
             files[f"gm{n}.conf"] = lab_configs.member_config(lab.ks_address.ip, lab.member_wan(n), "wan", psk)
     except ConfigError as err:
@@ -245,14 +249,32 @@ def create(directory: Path, lab: Lab) -> dict[str, Any]:
         destroy(state["namespaces"])
         _state_path(directory).unlink(missing_ok=True)
         raise
-    for name, text in files.items():
-        _write_private(directory / name, text)
-    shutil.rmtree(directory / KS_STATE_DIR, ignore_errors=True)
+    _write_configurations(directory, files)
     return state
 
 
-def _daemon_records(directory: Path, lab: Lab) -> dict[str, dict[str, Any]]:
-    """Where each daemon's files go, key server first."""
+def reconfigure(directory: Path, lab: Lab, esp: str) -> None:
+    """Stop the daemons, keep the network; new configurations for ``esp`` and a new key store.
+
+    For a benchmark that measures several suites through the same namespaces.
+    """
+    stop_daemons(lab)
+    _write_configurations(directory, configurations(lab, esp))
+
+
+def stop_daemons(lab: Lab) -> None:
+    """Stop the key server and the members; the network stays up."""
+    stop_processes(pid for netns in (lab.ks, *map(lab.gm, lab.numbers)) for pid in processes(netns))
+
+
+def _write_configurations(directory: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        _write_private(directory / name, text)
+    shutil.rmtree(directory / KS_STATE_DIR, ignore_errors=True)
+
+
+def _daemon_records(directory: Path, lab: Lab, member_options: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Where each daemon's files go and its extra options, key server first."""
     roles = [("ks", "ks", lab.ks), *((f"gm{n}", "member", lab.gm(n)) for n in lab.numbers)]
     records = {}
     for role, command, netns in roles:
@@ -262,6 +284,7 @@ def _daemon_records(directory: Path, lab: Lab) -> dict[str, dict[str, Any]]:
             "config": str(directory / f"{role}.conf"),
             "socket": str(directory / f"{role}.sock"),
             "log": str(directory / f"{role}.log"),
+            "options": list(member_options) if command == "member" else [],
         }
         if command == "ks":
             records[role]["state_dir"] = str(directory / KS_STATE_DIR)
@@ -273,6 +296,7 @@ def _launch(record: dict[str, Any]) -> subprocess.Popen[str]:
     argv = [record["command"], "--config", record["config"], "--socket", record["socket"], "--log-file", record["log"]]
     if "state_dir" in record:
         argv += ["--state-dir", record["state_dir"]]
+    argv += record["options"]
     return subprocess.Popen(
         ["ip", "netns", "exec", record["netns"], sys.executable, "-m", "groupvpn.cli", *argv],
         stdout=subprocess.DEVNULL,
@@ -304,14 +328,14 @@ def available_commands() -> frozenset[str]:
     return frozenset()
 
 
-def start_daemons(directory: Path, lab: Lab, state: dict[str, Any]) -> bool:
-    """Start the key server, then every member at once; whether all that exist started.
+def start_daemons(directory: Path, lab: Lab, state: dict[str, Any], member_options: Sequence[str] = ()) -> bool:
+    """Start the key server, then every member at once (with ``member_options``); whether all that exist started.
 
     The key server goes first so that members register at once instead
     of after their first retry interval.
     """
     commands = available_commands()
-    records = _daemon_records(directory, lab)
+    records = _daemon_records(directory, lab, member_options)
     state["daemons"] = records
     waves = [["ks"], [role for role in records if role != "ks"]]
     ok = True

@@ -21,7 +21,13 @@ from ..config.model import KeyServerConfig, MemberConfig, load_member, load_serv
 GROUP_ID = 1
 GROUP = "lab"
 IKE_PROPOSAL = "lab-psk-sha256-dh14-aes128"
-IPSEC_PROPOSAL = "lab-aes128-gcm16"
+# The ESP suites a lab group can use, named as strongSwan's ESP proposals so a
+# benchmark names both sides alike: the keywords of its Junos ``ipsec proposal``.
+ESP_SUITES: dict[str, tuple[tuple[str, str], ...]] = {
+    "aes128gcm16": (("encryption-algorithm", "aes-128-gcm"),),
+    "aes256-sha256": (("encryption-algorithm", "aes-256-cbc"), ("authentication-algorithm", "hmac-sha-256-128")),
+}
+DEFAULT_ESP_SUITE = "aes128gcm16"
 SERVICE_SET = "lab"
 MIN_PSK_LENGTH = 20  # the daemons refuse shorter pre-shared keys
 
@@ -64,8 +70,15 @@ def _group_vpn(role: str, *children: Node) -> Node:
     return _s("security", children=(_s("group-vpn", children=(_s(role, children=children),)),))
 
 
-def server_config(server: IPv4Address, members: Sequence[IPv4Address], protected: IPv4Network, psk: str) -> str:
-    """The key server: one gateway per member address, one group protecting ``protected`` to itself."""
+def server_config(
+    server: IPv4Address,
+    members: Sequence[IPv4Address],
+    protected: IPv4Network,
+    psk: str,
+    esp: str = DEFAULT_ESP_SUITE,
+) -> str:
+    """The key server: one gateway per member address, one group protecting ``protected`` to itself with ``esp``."""
+    proposal = f"lab-{esp}"
     gateways = tuple(
         _s(
             "gateway",
@@ -85,9 +98,9 @@ def server_config(server: IPv4Address, members: Sequence[IPv4Address], protected
                     children=(
                         _s(
                             "proposal",
-                            IPSEC_PROPOSAL,
+                            proposal,
                             children=(
-                                _s("encryption-algorithm", "aes-128-gcm"),
+                                *(_s(keyword, value) for keyword, value in ESP_SUITES[esp]),
                                 _s("lifetime-seconds", 3600),
                             ),
                         ),
@@ -115,7 +128,7 @@ def server_config(server: IPv4Address, members: Sequence[IPv4Address], protected
                             "ipsec-sa",
                             "lan-to-lan",
                             children=(
-                                _s("proposal", IPSEC_PROPOSAL),
+                                _s("proposal", proposal),
                                 _s(
                                     "match-policy",
                                     "lans",
