@@ -12,5 +12,5 @@ REPEAT=${REPEAT:-3}
 echo "## Per-packet ESP: scapy SecurityAssociation vs groupvpn.crypto.suites"
 "$PYTHON" bench/esp_loop.py --repeat 5
 echo
-echo "## iperf3 host to host: plain routed path, strongSwan kernel-libipsec"
+echo "## iperf3 host to host: plain routed path, strongSwan kernel-libipsec, groupvpn"
 "$PYTHON" bench/throughput.py --seconds "$SECONDS_PER_RUN" --repeat "$REPEAT"

@@ -1,10 +1,14 @@
-"""Host-to-host iperf3 through the lab topology: the plain routed path, then strongSwan's userspace ESP.
+"""Host-to-host iperf3 through the lab topology: the plain routed path, strongSwan's userspace ESP, the group VPN.
 
 h1 -> gm1 -> WAN router -> gm2 -> h2, in namespaces this script builds
-(``groupvpn.ops.lab`` with a prefix of its own, two members, no daemons)
-and removes on exit, even on failure or Ctrl-C.  Every test is run
-``--repeat`` times for ``--seconds`` each and the median is reported, with
-ratios to the plain routed path measured in the same run:
+(``groupvpn.ops.lab`` with a prefix of its own, two members) and removes
+on exit, even on failure or Ctrl-C.  The paths take turns on the same
+namespaces: plain routing, then per ``--esp`` suite strongSwan, then
+groupvpn's daemons with that suite in the lab key server's configuration
+(default data-plane workers, then ``--dataplane-workers 1`` for the
+one-worker 64-octet rate).  Every test is run ``--repeat`` times for
+``--seconds`` each and the median is reported, with ratios to the plain
+routed path and, for the group VPN, to strongSwan with the same suite:
 
 * ``tcp``: one stream.  packets/s counts what h2's interface received;
   on plain veths TCP travels as GSO super-packets, each counted once.
@@ -13,7 +17,12 @@ ratios to the plain routed path measured in the same run:
   An overload test: Mbit/s is iperf3's delivered payload rate, packets/s
   the packets delivered, loss what did not arrive.
 
-    python bench/throughput.py [--seconds 5] [--repeat 3] [--esp aes128gcm16 ...] [--no-strongswan]
+The group VPN's traffic is checked to have crossed its data plane: gm1's
+encrypted and gm2's decrypted counters grew by what h2 received (less a
+few ARP frames),
+and a few pings show up on the WAN as ESP between the hosts' addresses.
+
+    python bench/throughput.py [--seconds 5] [--repeat 3] [--esp aes128gcm16 ...] [--no-strongswan] [--no-groupvpn]
 
 Needs root, iproute2, iperf3, and for strongSwan strongswan-charon,
 strongswan-swanctl and libcharon-extra-plugins (kernel-libipsec).
@@ -35,8 +44,10 @@ from pathlib import Path
 
 import benchlib
 import libipsec
+from grouppath import GroupVpn
 
 from groupvpn.ops.lab import Lab, create, remove
+from groupvpn.ops.lab_configs import ESP_SUITES
 
 PORT = 5201
 TESTS = {
@@ -46,6 +57,7 @@ TESTS = {
 }
 DEFAULT_ESP = ("aes128gcm16", "aes256-sha256")
 SERVER_READY_TIMEOUT = 10.0
+NOT_TUNNELLED = 10  # h2's interface also counts a few frames that never cross the tunnel: gm2's ARP
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,10 @@ def packet_counters(netns: str, ifname: str) -> tuple[int, int]:
     return link["stats64"]["rx"]["packets"], link["stats64"]["tx"]["packets"]
 
 
+def received_packets(lab: Lab) -> int:
+    return packet_counters(lab.host(2), "eth0")[0]
+
+
 def iperf(lab: Lab, test: str, seconds: int) -> Result:
     before, _ = packet_counters(lab.host(2), "eth0")
     argv = in_netns(lab.host(1), "iperf3", "-c", str(lab.host_address(2).ip), "-p", str(PORT), "-t", str(seconds), "-J")
@@ -84,9 +100,9 @@ def iperf(lab: Lab, test: str, seconds: int) -> Result:
     return Result(mbps, (udp["packets"] - udp["lost_packets"]) / udp["seconds"], udp["lost_percent"])
 
 
-def measure(lab: Lab, seconds: int, repeat: int) -> dict[str, Result]:
+def measure(lab: Lab, seconds: int, repeat: int, tests: tuple[str, ...] = tuple(TESTS)) -> dict[str, Result]:
     results = {}
-    for test in TESTS:
+    for test in tests:
         runs = [iperf(lab, test, seconds) for _ in range(repeat)]
         losses = [r.loss_percent for r in runs if r.loss_percent is not None]
         results[test] = Result(
@@ -128,10 +144,37 @@ def strongswan(lab: Lab, esp: str, workdir: Path, seconds: int, repeat: int) -> 
     return results
 
 
-def render(results: dict[str, dict[str, Result]]) -> str:
+def groupvpn(
+    directory: Path, lab: Lab, esp: str, seconds: int, repeat: int, workers: tuple[str, ...], tests: tuple[str, ...]
+) -> tuple[dict[str, Result], list[str]]:
+    """The results and what proves they crossed the data plane (lines starting ``FAILED`` when it did not)."""
+    with GroupVpn(directory, lab, esp, workers) as vpn:
+        before = (*vpn.counters(), received_packets(lab))
+        results = measure(lab, seconds, repeat, tests)
+        after = (*vpn.counters(), received_packets(lab))
+        wan = vpn.wan_esp()
+    encrypted = after[0].encrypted - before[0].encrypted
+    decrypted = after[1].decrypted - before[1].decrypted
+    received = after[2] - before[2]
+    crossed = received > 0 and min(encrypted, decrypted) >= received - NOT_TUNNELLED
+    esp_lines = [line for line in wan if " ESP(" in line]
+    on_wan = len(wan) > 0 and len(esp_lines) == len(wan)
+    label = f"groupvpn {esp} {' '.join(workers) or '(default workers)'}"
+    return results, [
+        f"{'' if crossed else 'FAILED '}{label}: h2 received {received:,} packets; gm1 encrypted {encrypted:,}, "
+        f"gm2 decrypted {decrypted:,}, drops gm1 {after[0].dropped - before[0].dropped:,} "
+        f"gm2 {after[1].dropped - before[1].dropped:,}",
+        f"{'' if on_wan else 'FAILED '}{label}: {len(esp_lines)} of {len(wan)} packets of h1<->h2 pings on the WAN "
+        f"are ESP" + (f", e.g. {esp_lines[0].split(' ', 1)[1]}" if esp_lines else ""),
+    ]
+
+
+def render(results: dict[str, dict[str, Result]], peers: dict[str, str]) -> str:
+    """One row per path and test; ``peers`` maps a group VPN path to the strongSwan path it is compared with."""
     baseline = results["plain routed"]
     rows = []
     for path, tests in results.items():
+        peer = results.get(peers.get(path, ""), {})
         for test, r in tests.items():
             base = baseline[test]
             rows.append(
@@ -143,9 +186,14 @@ def render(results: dict[str, dict[str, Result]]) -> str:
                     "-" if r.loss_percent is None else f"{r.loss_percent:.1f}",
                     benchlib.ratio(r.mbps, base.mbps),
                     benchlib.ratio(r.pps, base.pps),
+                    benchlib.ratio(r.mbps, peer[test].mbps) if test in peer else "-",
+                    benchlib.ratio(r.pps, peer[test].pps) if test in peer else "-",
                 ]
             )
-    headers = ["path", "test", "Mbit/s", "packets/s", "loss %", "Mbit/s vs plain", "packets/s vs plain"]
+    headers = [
+        "path", "test", "Mbit/s", "packets/s", "loss %",
+        "Mbit/s vs plain", "packets/s vs plain", "Mbit/s vs strongSwan", "packets/s vs strongSwan",
+    ]  # fmt: skip
     return benchlib.table(headers, rows)
 
 
@@ -153,8 +201,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=5, help="length of each iperf3 run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per test; the median is reported")
-    parser.add_argument("--esp", action="append", help=f"strongSwan ESP proposal (default {', '.join(DEFAULT_ESP)})")
-    parser.add_argument("--no-strongswan", dest="strongswan", action="store_false", help="only the plain routed path")
+    parser.add_argument(
+        "--esp", action="append", choices=sorted(ESP_SUITES), help=f"ESP suite (default {', '.join(DEFAULT_ESP)})"
+    )
+    parser.add_argument("--no-strongswan", dest="strongswan", action="store_false", help="skip strongSwan")
+    parser.add_argument("--no-groupvpn", dest="groupvpn", action="store_false", help="skip the group VPN")
     args = parser.parse_args()
     benchlib.require_root()
     if shutil.which("iperf3") is None:
@@ -167,14 +218,26 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="gvbench-", dir="/tmp"))  # not /run: charon mounts its own /run
     lab = Lab(f"gvb{os.getpid() % 100000}-", members=2)
     results: dict[str, dict[str, Result]] = {}
+    peers: dict[str, str] = {}
+    proofs: list[str] = []
+    esps = args.esp or DEFAULT_ESP
     try:
         create(workdir / "lab", lab)
         server = start_server(lab)
         try:
             results["plain routed"] = measure(lab, args.seconds, args.repeat)
             if skipped is None:
-                for esp in args.esp or DEFAULT_ESP:
+                for esp in esps:
                     results[f"strongSwan libipsec {esp}"] = strongswan(lab, esp, workdir, args.seconds, args.repeat)
+            for esp in esps if args.groupvpn else ():
+                for workers, tests, label in (
+                    ((), tuple(TESTS), f"groupvpn {esp}"),
+                    (("--dataplane-workers", "1"), ("udp64",), f"groupvpn {esp}, 1 worker"),
+                ):
+                    run = (workdir / "lab", lab, esp, args.seconds, args.repeat, workers, tests)
+                    results[label], proof = groupvpn(*run)
+                    peers[label] = f"strongSwan libipsec {esp}"
+                    proofs += proof
         finally:
             server.terminate()
             server.wait(10)
@@ -187,9 +250,12 @@ def main() -> int:
     print(f"each cell: median of {args.repeat} iperf3 runs of {args.seconds} s, h1 -> h2 through gm1, WAN, gm2")
     if skipped:
         print(f"strongSwan not measured: {skipped}")
-    print("group VPN: not measured (data plane pending)\n")
-    print(render(results))
-    return 0
+    workers = "default data-plane workers (one per CPU), then --dataplane-workers 1"
+    print(f"group VPN: {workers if args.groupvpn else 'not measured (--no-groupvpn)'}")
+    print(*proofs, sep="\n")
+    print()
+    print(render(results, peers))
+    return 1 if any(proof.startswith("FAILED") for proof in proofs) else 0
 
 
 if __name__ == "__main__":
