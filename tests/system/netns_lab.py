@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
@@ -119,3 +119,28 @@ def show_json(member: Daemon, *words: str) -> dict[str, Any]:
     result = groupvpn("show", "security", "group-vpn", "member", *words, "--json", "--socket", str(member.socket))
     assert result.returncode == 0, result.stderr
     return dict(json.loads(result.stdout))
+
+
+def server_head(listen: str, state_file: Path, psk: str, members: Iterable[str]) -> str:
+    """A key server configuration up to its `ipsec` block: listen address, store, IKE admitting ``members``.
+
+    The caller appends the rest of the `server` hierarchy and closes the three open braces.
+    """
+    return f"""\
+security {{
+    group-vpn {{
+        server {{
+            listen-address {listen};
+            state-file {state_file};
+            ike {{
+                proposal p1 {{
+                    authentication-method pre-shared-keys;
+                    authentication-algorithm sha-256;
+                    dh-group group14;
+                    encryption-algorithm aes-128-cbc;
+                    lifetime-seconds 3600;
+                }}
+                policy gms {{ mode main; proposals p1; pre-shared-key ascii-text "{psk}"; }}
+                gateway gms {{ ike-policy gms; address [ {" ".join(members)} ]; }}
+            }}
+"""

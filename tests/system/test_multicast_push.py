@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from netns_lab import Lab, registered
+from netns_lab import Lab, registered, server_head
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gm"))
 from processes import Daemon, groupvpn, member_conf, wait_for  # noqa: E402
@@ -35,23 +35,7 @@ GROUP = "239.192.18.1"
 
 
 def ks_text(lab: Lab) -> str:
-    return f"""\
-security {{
-    group-vpn {{
-        server {{
-            listen-address {KS};
-            state-file {lab.directory / "ks.db"};
-            ike {{
-                proposal p1 {{
-                    authentication-method pre-shared-keys;
-                    authentication-algorithm sha-256;
-                    dh-group group14;
-                    encryption-algorithm aes-128-cbc;
-                    lifetime-seconds 3600;
-                }}
-                policy gms {{ mode main; proposals p1; pre-shared-key ascii-text "{PSK}"; }}
-                gateway gms {{ ike-policy gms; address [ {" ".join(MEMBERS.values())} ]; }}
-            }}
+    return server_head(KS, lab.directory / "ks.db", PSK, MEMBERS.values()) + f"""\
             ipsec {{
                 proposal lan {{
                     authentication-algorithm hmac-sha-256-128;

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns_lab import Lab, failed, ip, registered, show_json
+from netns_lab import Lab, failed, ip, registered, server_head, show_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gm"))
 from processes import Daemon, groupvpn, member_conf, wait_for  # noqa: E402
@@ -49,23 +49,7 @@ GENERATED_TEK = re.compile(r"group 1: generated TEK (0x[0-9a-f]{8}) for SA lan")
 def ks_text(lab: Lab, *, tek_lifetime: int, dtd: int | None = None, atd: int | None = None) -> str:
     gap = f"\n                deactivation-time-delay {dtd};" if dtd is not None else ""
     gap += f"\n                activation-time-delay {atd};" if atd is not None else ""
-    return f"""\
-security {{
-    group-vpn {{
-        server {{
-            listen-address {KS};
-            state-file {lab.directory / "ks.db"};
-            ike {{
-                proposal p1 {{
-                    authentication-method pre-shared-keys;
-                    authentication-algorithm sha-256;
-                    dh-group group14;
-                    encryption-algorithm aes-128-cbc;
-                    lifetime-seconds 3600;
-                }}
-                policy gms {{ mode main; proposals p1; pre-shared-key ascii-text "{PSK}"; }}
-                gateway gms {{ ike-policy gms; address [ {" ".join(MEMBERS.values())} ]; }}
-            }}
+    return server_head(KS, lab.directory / "ks.db", PSK, MEMBERS.values()) + f"""\
             ipsec {{
                 proposal short {{
                     authentication-algorithm hmac-sha-256-128;
