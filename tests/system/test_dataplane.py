@@ -43,7 +43,7 @@ from typing import Any
 
 import dpkt
 import pytest
-from netns_lab import registered
+from netns_lab import registered, server_head
 
 from groupvpn.config.junos import parse, render_set
 from groupvpn.config.schema import MEMBER
@@ -78,24 +78,8 @@ DECRYPT = ["esp.enable_encryption_decode:TRUE", "esp.enable_authentication_check
 
 def ks_conf(lab: Lab, state_file: Path, lifetime: int = 3600, timing: str = "") -> str:
     """Group 1 for the lab's members; ``timing``: extra group statements (rekey percentage, ATD, DTD)."""
-    members = " ".join(str(lab.member_wan(n).ip) for n in lab.numbers)
-    return f"""\
-security {{
-    group-vpn {{
-        server {{
-            listen-address {lab.ks_address.ip};
-            state-file {state_file};
-            ike {{
-                proposal p1 {{
-                    authentication-method pre-shared-keys;
-                    authentication-algorithm sha-256;
-                    dh-group group14;
-                    encryption-algorithm aes-128-cbc;
-                    lifetime-seconds 3600;
-                }}
-                policy gms {{ mode main; proposals p1; pre-shared-key ascii-text "{PSK}"; }}
-                gateway gms {{ ike-policy gms; address [ {members} ]; }}
-            }}
+    members = [str(lab.member_wan(n).ip) for n in lab.numbers]
+    return server_head(str(lab.ks_address.ip), state_file, PSK, members) + f"""\
             ipsec {{
                 proposal aes256-sha256 {{
                     authentication-algorithm hmac-sha-256-128;
