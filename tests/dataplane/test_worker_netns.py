@@ -341,3 +341,16 @@ def worker_children() -> list[int]:
         if parent == os.getpid() and b"groupvpn.dataplane.worker" in command:
             found.append(int(stat.parent.name))
     return found
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+def test_workers_are_pinned_to_one_cpu_each_only_when_asked(lab: MemberPair, pinned: bool) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    dataplane = Dataplane(lab.member_a, replace(description(lab), pin_workers=pinned), workers=2)
+    dataplane.start()
+    try:
+        affinities = [os.sched_getaffinity(pid) for pid in dataplane.worker_pids]
+    finally:
+        dataplane.stop()
+    expected = [{cpus[i % len(cpus)]} for i in range(2)] if pinned else [set(cpus)] * 2
+    assert affinities == expected

@@ -82,7 +82,7 @@ class DataplaneDescription:
     batch: int = 64
     report_interval: float = 1.0
     txqueuelen: int = 1000
-    pin_workers: bool = True
+    pin_workers: bool = False
 
     def __post_init__(self) -> None:
         if self.batch < 1 or self.report_interval <= 0:

@@ -47,6 +47,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--dataplane-workers", type=_positive, metavar="N", help="packet workers per data plane (default: one per CPU)"
     )
     member.add_argument(
+        "--dataplane-pin-cpus",
+        dest="pin_workers",
+        action="store_true",
+        help="run worker i on CPU i only (for a dedicated gateway; hurts when several members share the CPUs)",
+    )
+    member.add_argument(
         "--no-dataplane", dest="dataplane", action="store_false", help="run the control plane only (no packet path)"
     )
     member.set_defaults(func=run)
@@ -63,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         return daemon.EXIT_FAILED
     return daemon.run(
         "member",
-        lambda: MemberDaemon.start(config, DataplaneOptions(args.dataplane, args.dataplane_workers)),
+        lambda: MemberDaemon.start(config, DataplaneOptions(args.dataplane, args.dataplane_workers, args.pin_workers)),
         control_path=args.socket.resolve(),
         foreground=args.foreground,
         log_file=None if args.log_file is None else args.log_file.resolve(),

@@ -56,10 +56,12 @@ _FAILURES = (NoDataplane, DataplaneError, SteeringError, ChannelError, OSError, 
 
 @dataclass(frozen=True)
 class DataplaneOptions:
-    """``enabled``: False runs the control plane only; ``workers`` per data plane (None: one per CPU)."""
+    """``enabled``: False runs the control plane only; ``workers`` per data plane (None: one per CPU);
+    ``pin_workers``: worker i runs on CPU i only (a gateway of its own; never when members share CPUs)."""
 
     enabled: bool = True
     workers: int | None = None
+    pin_workers: bool = False
 
 
 @dataclass
@@ -198,6 +200,7 @@ class MemberDataplanes:
             interfaces, ipv6 = await self._loop.run_in_executor(None, read_interfaces, namespace)
             number = self._free_number()
             description = describe(number, _traffic(settings), settings.gateway, interfaces, ipv6)
+            description = replace(description, pin_workers=self.options.pin_workers)
             self._check_unshared(settings, description.steering.lan + description.steering.wan)
             running = _Running(settings, number, Dataplane(namespace, description, self.options.workers))
             self._hand_over(running, self._snapshot())
