@@ -85,8 +85,16 @@ class EspContext(Protocol):
         """IV | ciphertext | ICV for a plaintext that already carries the ESP trailer."""
         ...
 
+    def seal_after(self, prefix: bytes, header8: bytes, plaintext: bytes, iv: bytes) -> bytes:
+        """``prefix`` | IV | ciphertext | ICV in one copy; the arguments are trusted (the packet path builds them)."""
+        ...
+
     def open(self, header8: bytes, body: bytes) -> bytes:
         """The plaintext (with ESP trailer) of IV | ciphertext | ICV; IntegrityError if forged."""
+        ...
+
+    def open_from(self, packet: bytes, offset: int) -> bytes:
+        """``open`` of the ESP header and body at ``packet[offset:]``, without copying them out first."""
         ...
 
 
@@ -167,25 +175,31 @@ class CbcHmacContext:
             raise CryptoError(
                 f"padded plaintext of {len(plaintext)} octets is not a positive multiple of {bs}"
             )
+        return self.seal_after(b"", header8, plaintext, iv)
+
+    def seal_after(self, prefix: bytes, header8: bytes, plaintext: bytes, iv: bytes) -> bytes:
+        bs = self._bs
         steer = self._chain ^ int.from_bytes(iv, "big")
         first = (int.from_bytes(plaintext[:bs], "big") ^ steer).to_bytes(bs, "big")
-        ciphertext = self._encryptor.update(b"".join((first, memoryview(plaintext)[bs:])))
+        ciphertext = self._encryptor.update(first + plaintext[bs:])
         self._chain = int.from_bytes(ciphertext[-bs:], "big")
-        body = iv + ciphertext
-        return body + self._mac.icv(header8, body)
+        return b"".join((prefix, iv, ciphertext, self._mac.icv(header8, iv, ciphertext)))
 
     def open(self, header8: bytes, body: bytes) -> bytes:
         _check_header(header8)
+        return self.open_from(header8 + body, 0)
+
+    def open_from(self, packet: bytes, offset: int) -> bytes:
         bs, icv = self._bs, self._icv
-        if len(body) < 2 * bs + icv or (len(body) - icv) % bs:
+        body = len(packet) - offset - HEADER_SIZE
+        if body < 2 * bs + icv or (body - icv) % bs:
             raise CryptoError(
-                f"ESP payload of {len(body)} octets cannot be IV | whole blocks | {icv}-octet ICV"
+                f"ESP payload of {body} octets cannot be IV | whole blocks | {icv}-octet ICV"
             )
-        view = memoryview(body)
-        protected = view[:-icv]
-        if not _stdlib_hmac.compare_digest(self._mac.icv(header8, protected), view[-icv:]):
+        end = len(packet) - icv
+        if not _stdlib_hmac.compare_digest(self._mac.icv(packet[offset:end]), packet[end:]):
             raise IntegrityError("ESP ICV mismatch")
-        return self._decryptor.update(protected)[bs:]
+        return self._decryptor.update(packet[offset + HEADER_SIZE : end])[bs:]
 
 
 class GcmContext:
@@ -208,23 +222,30 @@ class GcmContext:
         _check_header(header8)
         if len(iv) != GCM_IV_SIZE:
             raise CryptoError(f"GCM IV must be {GCM_IV_SIZE} octets, got {len(iv)}")
+        return self.seal_after(b"", header8, plaintext, iv)
+
+    def seal_after(self, prefix: bytes, header8: bytes, plaintext: bytes, iv: bytes) -> bytes:
         sealed = self._aead.encrypt(self._salt + iv, plaintext, header8)
         if self._icv != 16:
             sealed = sealed[: len(plaintext) + self._icv]
-        return iv + sealed
+        return b"".join((prefix, iv, sealed))
 
     def open(self, header8: bytes, body: bytes) -> bytes:
         _check_header(header8)
-        if len(body) < GCM_IV_SIZE + self._icv:
-            raise CryptoError(f"ESP payload of {len(body)} octets is shorter than IV and ICV")
-        nonce = self._salt + body[:GCM_IV_SIZE]
+        return self.open_from(header8 + body, 0)
+
+    def open_from(self, packet: bytes, offset: int) -> bytes:
+        start = offset + HEADER_SIZE + GCM_IV_SIZE  # of the ciphertext
+        if len(packet) < start + self._icv:
+            raise CryptoError(f"ESP payload of {len(packet) - offset - HEADER_SIZE} octets is shorter than IV and ICV")
+        nonce = self._salt + packet[offset + HEADER_SIZE : start]
+        header8 = packet[offset : offset + HEADER_SIZE]
         try:
             if self._icv == 16:
-                return self._aead.decrypt(nonce, body[GCM_IV_SIZE:], header8)
-            tag = body[-self._icv :]
-            decryptor = Cipher(self._aes, modes.GCM(nonce, tag, min_tag_length=self._icv)).decryptor()
+                return self._aead.decrypt(nonce, packet[start:], header8)
+            decryptor = Cipher(self._aes, modes.GCM(nonce, packet[-self._icv :], min_tag_length=self._icv)).decryptor()
             decryptor.authenticate_additional_data(header8)
-            return decryptor.update(body[GCM_IV_SIZE : -self._icv]) + decryptor.finalize()
+            return decryptor.update(packet[start : -self._icv]) + decryptor.finalize()
         except InvalidTag:
             raise IntegrityError("ESP AES-GCM tag mismatch") from None
 

@@ -41,7 +41,6 @@ from ..crypto.errors import CryptoError, IntegrityError, IvSpaceExhausted
 from ..crypto.suites import CbcIvSource, CounterIvSource, EspKeys, EspSuite
 from ..wire.errors import WireError
 from ..wire.esp import (
-    ESP_HEADER,
     ESP_HEADER_SIZE,
     TIMESTAMP_SHIM_SIZE,
     TRAILER_SIZE,
@@ -57,7 +56,6 @@ from ..wire.ip import (
     IPV4_MIN_HEADER,
     IPV6_HEADER_SIZE,
     checksum,
-    checksum_valid,
     fragment_ipv4,
     icmp_error_allowed,
     icmp_fragmentation_needed,
@@ -78,8 +76,9 @@ _DUMMY = int(IpProtocol.NO_NEXT_HEADER)
 _FRAGMENT6 = int(IpProtocol.IPV6_FRAGMENT)
 _CE, _ECT0, _ECT1, _NOT_ECT = int(Ecn.CE), int(Ecn.ECT_0), int(Ecn.ECT_1), int(Ecn.NOT_ECT)
 _SEQ_MAX = 0xFFFFFFFF
-_IPV4_OUTER = struct.Struct("!BBHHHBBH8s")  # source and destination as one field
-_IPV6_OUTER = struct.Struct("!4sHBB32s")  # version | traffic class | flow label copied as one word
+# Outer header and ESP header (SPI, Sequence Number) packed at once; addresses as one field.
+_IPV4_ESP = struct.Struct("!BBHHHBBH8sII")
+_IPV6_ESP = struct.Struct("!4sHBB32sII")  # version | traffic class | flow label copied as one word
 _U16 = struct.Struct("!H")
 _FIRST_SPI = 256  # RFC 4303 §2.1: 1-255 reserved, 0 local use
 
@@ -275,17 +274,13 @@ class Encapsulator:
         else:
             plaintext = packet + sa.trailers[inner][size % sa.alignment]
         seq = sa.sequence = sa.sequence % _SEQ_MAX + 1  # never 0; no receiver window to protect
-        header = ESP_HEADER.pack(sa.spi, seq)
-        sealed = sa.context.seal(header, plaintext, sa.iv_source.next())
+        esp = sa.overhead + len(plaintext)  # ESP header | IV | ciphertext | ICV
         if version == 6:
             addresses = packet[8:40] if sa.preserve_both else (sa.src or packet[8:24]) + (sa.dst or packet[24:40])
-            return (
-                _IPV6_OUTER.pack(packet[:4], ESP_HEADER_SIZE + len(sealed), _ESP, packet[7], addresses)
-                + header
-                + sealed
-            )
+            prefix = _IPV6_ESP.pack(packet[:4], esp, _ESP, packet[7], addresses, sa.spi, seq)
+            return sa.context.seal_after(prefix, prefix[IPV6_HEADER_SIZE:], plaintext, sa.iv_source.next())
         tos, ttl = packet[1], packet[8]
-        total = IPV4_MIN_HEADER + ESP_HEADER_SIZE + len(sealed)
+        total = IPV4_MIN_HEADER + esp
         ident = self._ip_id = (self._ip_id + 1) & 0xFFFF
         frag = sa.df_bits if sa.df_bits >= 0 else (packet[6] << 8) & FLAG_DF
         addresses = packet[12:20] if sa.preserve_both else (sa.src or packet[12:16]) + (sa.dst or packet[16:20])
@@ -293,7 +288,8 @@ class Encapsulator:
         # octets as one integer are congruent to the sum of their four words.
         folded = ((0x4500 | tos) + total + ident + frag + (ttl << 8 | _ESP) + int.from_bytes(addresses, "big")) % 0xFFFF
         csum = 0xFFFF - folded if folded else 0
-        return _IPV4_OUTER.pack(0x45, tos, total, ident, frag, ttl, _ESP, csum, addresses) + header + sealed
+        prefix = _IPV4_ESP.pack(0x45, tos, total, ident, frag, ttl, _ESP, csum, addresses, sa.spi, seq)
+        return sa.context.seal_after(prefix, prefix[IPV4_MIN_HEADER:], plaintext, sa.iv_source.next())
 
     def _too_big(self, sa: EspSa, packet: bytes, version: int, now: float, out: list[bytes]) -> DropReason | None:
         limit = sa.max_inner(self.mtu, IPV4_MIN_HEADER if version == 4 else IPV6_HEADER_SIZE)
@@ -356,9 +352,14 @@ class Decapsulator:
         version = packet[0] >> 4
         if version == 4:
             hlen = (packet[0] & 0x0F) << 2
-            if hlen < IPV4_MIN_HEADER or size < hlen or (packet[2] << 8 | packet[3]) != size:
-                return self.drops.add(DropReason.MALFORMED)
-            if not checksum_valid(packet[:hlen]):
+            # A header with a valid checksum sums to negative zero: as one integer it is
+            # 0 modulo 0xFFFF (wire.ip.checksum_valid, inlined on the packet path).
+            if (
+                hlen < IPV4_MIN_HEADER
+                or size < hlen
+                or (packet[2] << 8 | packet[3]) != size
+                or int.from_bytes(packet[:hlen], "big") % 0xFFFF
+            ):
                 return self.drops.add(DropReason.MALFORMED)
             if packet[6] & 0x3F or packet[7]:
                 return self._reassemble(packet, now, may_reassemble)
@@ -389,12 +390,11 @@ class Decapsulator:
     def _open(self, packet: bytes, hlen: int, outer_ecn: int, now: float) -> bytes | DropReason:
         if len(packet) <= hlen + ESP_HEADER_SIZE:
             return self.drops.add(DropReason.MALFORMED)
-        header = packet[hlen : hlen + ESP_HEADER_SIZE]
-        sa = self._sas.get(int.from_bytes(header[:4], "big"))
+        sa = self._sas.get(int.from_bytes(packet[hlen : hlen + 4], "big"))
         if sa is None:
             return self.drops.add(DropReason.UNKNOWN_SPI)
         try:
-            plain = sa.context.open(header, packet[hlen + ESP_HEADER_SIZE :])
+            plain = sa.context.open_from(packet, hlen)
         except IntegrityError:
             return self.drops.add(DropReason.ICV_FAILURE)
         except CryptoError:
@@ -428,7 +428,7 @@ class Decapsulator:
                 or ihl < IPV4_MIN_HEADER
                 or ihl > size
                 or (inner[2] << 8 | inner[3]) != size
-                or not checksum_valid(inner[:ihl])
+                or int.from_bytes(inner[:ihl], "big") % 0xFFFF  # checksum (see _receive)
             ):
                 return self.drops.add(DropReason.INNER_MALFORMED)
             inner_ecn = inner[1] & 0x03
