@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -214,27 +214,17 @@ interfaces {{
 """
 
 
-def ks_conf(
-    *,
-    listen: str,
-    state_file: Path,
-    psk: str,
-    members: Sequence[str],
-    others: Sequence[str],
-    port: int | None = None,
-    lans: Sequence[tuple[str, str]] = (("198.18.10.0/24", "198.18.20.0/24"),),
+def server_head(
+    listen: str, state_file: Path, psk: str, members: Iterable[str], *, port: int | None = None, others: Iterable[str] = ()
 ) -> str:
-    """A key server: group 1 for ``members`` (a TEK for each pair of ``lans``, both ways), group 2 for ``others`` only."""
+    """A key server configuration up to its `ipsec` block: listen address, store, IKE admitting ``members``
+    (gateway ``gms``) and ``others`` (gateway ``others``, when given).
+
+    The caller appends the rest of the `server` hierarchy and closes the three open braces.
+    """
     port_line = f"\n            port {port};" if port else ""
-    teks = "".join(
-        f"""
-                ipsec-sa lan-{n} {{
-                    proposal aes128-sha256;
-                    match-policy out {{ source {a}; destination {b}; }}
-                    match-policy back {{ source {b}; destination {a}; }}
-                }}"""
-        for n, (a, b) in enumerate(lans, 1)
-    )
+    others = list(others)
+    others_line = f"\n                gateway others {{ ike-policy gms; address [ {' '.join(others)} ]; }}" if others else ""
     return f"""\
 security {{
     group-vpn {{
@@ -250,9 +240,32 @@ security {{
                     lifetime-seconds 3600;
                 }}
                 policy gms {{ mode main; proposals p1; pre-shared-key ascii-text "{psk}"; }}
-                gateway gms {{ ike-policy gms; address [ {" ".join(members)} ]; }}
-                gateway others {{ ike-policy gms; address [ {" ".join(others)} ]; }}
+                gateway gms {{ ike-policy gms; address [ {" ".join(members)} ]; }}{others_line}
             }}
+"""
+
+
+def ks_conf(
+    *,
+    listen: str,
+    state_file: Path,
+    psk: str,
+    members: Sequence[str],
+    others: Sequence[str],
+    port: int | None = None,
+    lans: Sequence[tuple[str, str]] = (("198.18.10.0/24", "198.18.20.0/24"),),
+) -> str:
+    """A key server: group 1 for ``members`` (a TEK for each pair of ``lans``, both ways), group 2 for ``others`` only."""
+    teks = "".join(
+        f"""
+                ipsec-sa lan-{n} {{
+                    proposal aes128-sha256;
+                    match-policy out {{ source {a}; destination {b}; }}
+                    match-policy back {{ source {b}; destination {a}; }}
+                }}"""
+        for n, (a, b) in enumerate(lans, 1)
+    )
+    return server_head(listen, state_file, psk, members, port=port, others=others) + f"""\
             ipsec {{
                 proposal aes128-sha256 {{
                     authentication-algorithm hmac-sha-256-128;

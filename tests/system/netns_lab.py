@@ -14,14 +14,14 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gm"))
-from processes import Daemon, groupvpn  # noqa: E402
+from processes import Daemon, groupvpn, server_head  # noqa: E402  (server_head is re-exported for the system tests)
 
 
 def ip(*args: str) -> None:
@@ -121,26 +121,3 @@ def show_json(member: Daemon, *words: str) -> dict[str, Any]:
     return dict(json.loads(result.stdout))
 
 
-def server_head(listen: str, state_file: Path, psk: str, members: Iterable[str]) -> str:
-    """A key server configuration up to its `ipsec` block: listen address, store, IKE admitting ``members``.
-
-    The caller appends the rest of the `server` hierarchy and closes the three open braces.
-    """
-    return f"""\
-security {{
-    group-vpn {{
-        server {{
-            listen-address {listen};
-            state-file {state_file};
-            ike {{
-                proposal p1 {{
-                    authentication-method pre-shared-keys;
-                    authentication-algorithm sha-256;
-                    dh-group group14;
-                    encryption-algorithm aes-128-cbc;
-                    lifetime-seconds 3600;
-                }}
-                policy gms {{ mode main; proposals p1; pre-shared-key ascii-text "{psk}"; }}
-                gateway gms {{ ike-policy gms; address [ {" ".join(members)} ]; }}
-            }}
-"""
