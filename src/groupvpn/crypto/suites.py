@@ -62,10 +62,10 @@ class Mac:
         self._keyed = keyed
         self._size = size
 
-    def icv(self, *parts: bytes | memoryview) -> bytes:
+    def icv(self, data: bytes) -> bytes:
+        """The truncated HMAC of ``data``: one ``update`` (each call into the binding costs ~0.3 µs)."""
         h = self._keyed.copy()
-        for part in parts:
-            h.update(part)
+        h.update(data)
         return h.finalize()[: self._size]
 
 
@@ -183,7 +183,7 @@ class CbcHmacContext:
         first = (int.from_bytes(plaintext[:bs], "big") ^ steer).to_bytes(bs, "big")
         ciphertext = self._encryptor.update(first + plaintext[bs:])
         self._chain = int.from_bytes(ciphertext[-bs:], "big")
-        return b"".join((prefix, iv, ciphertext, self._mac.icv(header8, iv, ciphertext)))
+        return b"".join((prefix, iv, ciphertext, self._mac.icv(b"".join((header8, iv, ciphertext)))))
 
     def open(self, header8: bytes, body: bytes) -> bytes:
         _check_header(header8)
