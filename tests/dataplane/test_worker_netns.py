@@ -14,26 +14,21 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import dpkt
 import pytest
 from dataplane_packets import GCM128, keys_for
-from member_pair import DENIED_PORT, HOST_A, HOST_B, SPI, MemberPair, ip, policy
+from member_pair import DENIED_PORT, HOST_A, HOST_B, SPI, MemberPair, description, ip, policy
+from netns_traffic import TIMEOUT, between_hosts, capture, eventually, ping, settled, tcp_round_trip, udp_socket
 
 from groupvpn.crypto.suites import EspKeys
 from groupvpn.dataplane.channel import PolicyState
 from groupvpn.dataplane.manager import Dataplane, DataplaneDescription
-from groupvpn.dataplane.steering import SteeringError, SteeringPlan, key_server_bypass
-from groupvpn.runtime.netns import socket_in
+from groupvpn.dataplane.steering import SteeringError, SteeringPlan
 
 pytestmark = [
     pytest.mark.netns,
@@ -44,7 +39,6 @@ pytestmark = [
     ),
 ]
 
-TIMEOUT = 10.0
 NEW_SPI = SPI + 1
 
 
@@ -56,11 +50,6 @@ def lab() -> Iterator[MemberPair]:
         yield pair
     finally:
         pair.remove()
-
-
-def description(lab: MemberPair) -> DataplaneDescription:
-    plan = SteeringPlan.numbered(0, ["lan"], ["wan"], key_server_bypass([lab.key_server_address]))
-    return DataplaneDescription(plan, report_interval=0.2)
 
 
 @pytest.fixture
@@ -76,93 +65,6 @@ def members(lab: MemberPair) -> Iterator[tuple[Dataplane, Dataplane]]:
     finally:
         for dataplane in started:
             dataplane.stop()
-
-
-@contextmanager
-def capture(lab: MemberPair) -> Iterator[list[dpkt.ip.IP]]:
-    """IPv4 packets on the WAN link of member A while the block runs (filled in when it ends).
-
-    At the end a marker datagram is sent over the link and tcpdump is only
-    stopped once the marker is in its file, so nothing sent before is lost
-    however far behind a busy machine left tcpdump.
-    """
-    packets: list[dpkt.ip.IP] = []
-    marker = os.urandom(16)
-    with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / "wan.pcap"
-        options = ("-n", "-U", "--immediate-mode", "-B", "8192", "-w", str(path), "ip")
-        tcpdump = subprocess.Popen(
-            ["ip", "netns", "exec", lab.wan, "tcpdump", "-i", lab.wan_to_a, *options], stderr=subprocess.PIPE, text=True
-        )
-        try:
-            assert tcpdump.stderr is not None
-            assert "listening on" in tcpdump.stderr.readline(), "tcpdump did not start"
-            yield packets
-            with socket_in(lab.wan, socket.AF_INET, socket.SOCK_DGRAM) as probe:
-                probe.sendto(marker, (lab.member_a_wan, DENIED_PORT))
-            deadline = time.monotonic() + TIMEOUT
-            while marker not in path.read_bytes() and time.monotonic() < deadline:
-                time.sleep(0.05)
-        finally:
-            tcpdump.terminate()
-            tcpdump.wait(TIMEOUT)
-        with path.open("rb") as pcap:
-            seen = (dpkt.ethernet.Ethernet(frame).data for _, frame in dpkt.pcap.Reader(pcap))
-            packets.extend(packet for packet in seen if marker not in bytes(packet))
-
-
-def ping(namespace: str, address: str, count: int = 3) -> bool:
-    """Whether every one of ``count`` echo requests was answered (within ``count`` + 2 seconds)."""
-    deadline = str(count + 2)
-    done = subprocess.run(
-        ["ip", "netns", "exec", namespace, "ping", "-c", str(count), "-w", deadline, "-i", "0.2", "-n", address],
-        capture_output=True,
-        timeout=TIMEOUT + count,
-    )
-    return done.returncode == 0
-
-
-def udp_socket(namespace: str, address: str, port: int) -> socket.socket:
-    sock = socket_in(namespace, socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((address, port))
-    sock.settimeout(TIMEOUT)
-    return sock
-
-
-def tcp_round_trip(lab: MemberPair, payload: bytes) -> bytes:
-    """Send ``payload`` from host A to host B over TCP; the SHA-256 host B computed of what it received."""
-    listener = socket_in(lab.host_b, socket.AF_INET, socket.SOCK_STREAM)
-    client = socket_in(lab.host_a, socket.AF_INET, socket.SOCK_STREAM)
-    with listener, client:
-        listener.bind((HOST_B, 0))
-        listener.listen(1)
-        listener.settimeout(TIMEOUT)
-
-        def serve() -> None:
-            connection, _ = listener.accept()
-            with connection:
-                connection.settimeout(TIMEOUT)
-                digest = hashlib.sha256()
-                while chunk := connection.recv(65536):
-                    digest.update(chunk)
-                connection.sendall(digest.digest())
-
-        server = threading.Thread(target=serve)
-        server.start()
-        client.settimeout(TIMEOUT)
-        client.connect(listener.getsockname())
-        client.sendall(payload)
-        client.shutdown(socket.SHUT_WR)
-        answer = b""
-        while chunk := client.recv(64):
-            answer += chunk
-        server.join(TIMEOUT)
-        return answer
-
-
-def between_hosts(packets: list[dpkt.ip.IP]) -> list[dpkt.ip.IP]:
-    hosts = {socket.inet_aton(HOST_A), socket.inet_aton(HOST_B)}
-    return [p for p in packets if {p.src, p.dst} == hosts]
 
 
 def test_hosts_talk_through_esp_with_their_own_addresses_on_the_wan(lab: MemberPair, members) -> None:
@@ -192,17 +94,6 @@ def test_hosts_talk_through_esp_with_their_own_addresses_on_the_wan(lab: MemberP
     assert a_counts["encrypted_packets"] >= sent_by_a >= b_counts["decrypted_packets"] >= sent_by_a - 2
 
 
-def settled(a: Dataplane, b: Dataplane) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Both members' counters once everything each one encrypted has been decrypted by the other."""
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        counts = a.counters(wait=TIMEOUT), b.counters(wait=TIMEOUT)
-        in_step = all(x["encrypted_packets"] == y["decrypted_packets"] for x, y in (counts, counts[::-1]))
-        if in_step or time.monotonic() > deadline:
-            return counts
-        time.sleep(0.05)
-
-
 def test_denied_traffic_passes_in_clear(lab: MemberPair, members) -> None:
     member_a, _ = members
     with capture(lab) as wan:
@@ -224,14 +115,6 @@ def test_traffic_without_a_rule_is_dropped_and_counted(lab: MemberPair, members)
         server.setblocking(False)
         with pytest.raises(BlockingIOError):
             server.recv(100)
-
-
-def eventually(dataplane: Dataplane, done: Callable[[dict[str, object]], bool]) -> dict[str, object]:
-    """The data plane's counters once ``done`` holds for them (packets may still be queued for a worker)."""
-    deadline = time.monotonic() + TIMEOUT
-    while not done(counts := dataplane.counters(wait=TIMEOUT)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return counts
 
 
 def test_key_server_traffic_never_enters_the_data_plane(lab: MemberPair, members) -> None:
