@@ -100,8 +100,17 @@ def test_reverse_path_filtering_for_all_interfaces_is_refused(namespace: str) ->
 
 def test_ipv6_devices_get_no_link_local_address(namespace: str) -> None:
     with open_tun(TunSettings("gvt4", ipv6=True), namespace):
-        assert sysctl(namespace, "net.ipv6.conf.gvt4.forwarding") == "1"
         assert "inet6" not in ip("-n", namespace, "addr", "show", "dev", "gvt4")
+
+
+def test_an_ipv6_device_in_a_forwarding_namespace_sends_nothing_of_its_own(namespace: str) -> None:
+    """No MLD reports: a router's device joins the all-routers group and would announce it."""
+    settings = ("all.forwarding=1", "default.mldv1_unsolicited_report_interval=10")
+    for setting in (*settings, "default.mldv2_unsolicited_report_interval=10"):  # any report within 20 ms
+        ip("netns", "exec", namespace, "sysctl", "-qw", f"net.ipv6.conf.{setting}")
+    with open_tun(TunSettings("gvt7", queues=2, ipv6=True), namespace) as tun:
+        assert select.select(list(tun.fds), [], [], 0.5)[0] == []
+        assert "ff02::2" not in ip("-n", namespace, "-6", "maddress", "show", "dev", "gvt7")
 
 
 @pytest.mark.parametrize("settings", [{"queues": 0}, {"queues": 257}, {"mtu": 67}, {"txqueuelen": 0}, {"name": "a b"}])

@@ -18,10 +18,15 @@ Configured once at creation, in the same namespace thread:
   it upwards);
 * local source addresses accepted: the ICMP errors the workers write back
   to LAN hosts come from the member's own LAN address;
-* IPv4 (and, if asked, IPv6) forwarding: written-back packets are
-  forwarded by the kernel with the TUN as input device;
-* no IPv6 link-local address (or no IPv6 at all), so the kernel sends no
-  router solicitations or MLD reports of its own into the packet path;
+* IPv4 forwarding: written-back packets are forwarded by the kernel with
+  the TUN as input device (IPv6 packets are forwarded by the namespace's
+  ``all`` setting, whatever the input device's);
+* with IPv6: no link-local address, not a router on the device (which
+  would join the all-routers group) and MLDv1 (whose reports, unlike
+  MLDv2's, are not queued while the device is down and sent when it comes
+  up), so the kernel sends no router solicitations or MLD reports of its
+  own into the packet path, where each would count as a drop; without
+  IPv6, IPv6 is disabled on the device;
 * then up.
 """
 
@@ -152,7 +157,8 @@ def _configure(settings: TunSettings) -> None:
     conf6 = ("net", "ipv6", "conf", name)
     if settings.ipv6:
         write_sysctl((*conf6, "addr_gen_mode"), ADDR_GEN_MODE_NONE)
-        write_sysctl((*conf6, "forwarding"), 1)
+        write_sysctl((*conf6, "force_mld_version"), 1)  # before leaving all-routers: no MLDv2 leave report
+        write_sysctl((*conf6, "forwarding"), 0)
     elif os.path.isdir("/proc/sys/net/ipv6"):
         write_sysctl((*conf6, "disable_ipv6"), 1)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as control:
