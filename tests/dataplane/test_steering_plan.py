@@ -1,19 +1,23 @@
-"""The steering plan as ``ip`` commands, and how ``Steering`` installs and removes them (no root: a fake ``ip``)."""
+"""The steering plan as ``ip`` commands, and how ``Steering`` installs, connects, changes and removes them
+(no root: a fake ``ip``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from ipaddress import ip_network
 
 import pytest
 
 from groupvpn.dataplane.spd import Selector
 from groupvpn.dataplane.steering import (
+    IpCommand,
     IpFailed,
     Steering,
     SteeringError,
     SteeringPlan,
     key_server_bypass,
+    remove_leftovers,
     selector_arguments,
 )
 from groupvpn.wire.numbers import IpProtocol
@@ -35,23 +39,30 @@ def plan(**changes: object) -> SteeringPlan:
     return SteeringPlan(**fields)  # type: ignore[arg-type]
 
 
-def adds(p: SteeringPlan) -> list[str]:
-    return [f"-{c.family} {' '.join(c.add)}" for c in p.commands]
+def adds(commands: Iterable[IpCommand]) -> list[str]:
+    return [f"-{c.family} {' '.join(c.add)}" for c in commands]
 
 
-def test_routes_come_first_then_bypass_then_steering() -> None:
+def deletes(commands: Iterable[IpCommand]) -> list[str]:
+    return [f"-{c.family} {' '.join(c.delete)}" for c in commands]
+
+
+def test_the_guard_is_blackholes_then_bypass_then_steering_and_the_tun_routes_come_apart() -> None:
     bypass = (Selector(destination=ip_network(f"{KS}/32"), protocol=IpProtocol.UDP, destination_ports=(848, 848)),)
-    assert adds(plan(bypass=bypass)) == [
-        "-4 route add default dev tout table 100 proto 71",
+    steered = plan(bypass=bypass)
+    assert adds(steered.guard) == [
         "-4 route add blackhole default metric 4294967295 table 100 proto 71",
-        "-4 route add default dev tin table 101 proto 71",
         "-4 route add blackhole default metric 4294967295 table 101 proto 71",
         "-4 rule add pref 500 iif lan to 198.18.0.1/32 ipproto 17 dport 848 lookup main protocol 71",
         "-4 rule add pref 500 iif wan to 198.18.0.1/32 ipproto 17 dport 848 lookup main protocol 71",
         "-4 rule add pref 501 iif lan lookup 100 protocol 71",
         "-4 rule add pref 501 iif wan ipproto 50 lookup 101 protocol 71",
     ]
-    for command in plan(bypass=bypass).commands:
+    assert adds(steered.tun_routes) == [
+        "-4 route add default dev tout table 100 proto 71",
+        "-4 route add default dev tin table 101 proto 71",
+    ]
+    for command in (*steered.guard, *steered.tun_routes):
         assert command.delete == (command.add[0], "del", *command.add[2:])
 
 
@@ -77,7 +88,7 @@ def test_bypass_selectors_go_to_the_families_they_name() -> None:
     v4, v6 = Selector(destination=ip_network("198.18.0.1/32")), Selector(destination=ip_network("2001:db8::1/128"))
     both = Selector(protocol=89)
     dual = plan(bypass=(v4, v6, both), families=(4, 6))
-    bypass_rules = [line for line in adds(dual) if "lookup main" in line]
+    bypass_rules = [line for line in adds(dual.guard) if "lookup main" in line]
     assert sorted(line[:2] + line.split("iif")[1].split("lookup")[0] for line in bypass_rules) == sorted(
         [
             "-4 lan to 198.18.0.1/32 ",
@@ -90,7 +101,7 @@ def test_bypass_selectors_go_to_the_families_they_name() -> None:
             "-6 wan ipproto 89 ",
         ]
     )
-    assert not any("2001:db8" in line for line in adds(plan(bypass=(v6,))))
+    assert not any("2001:db8" in line for line in adds(plan(bypass=(v6,)).guard))
 
 
 def test_key_server_bypass_covers_both_directions_and_each_port_once() -> None:
@@ -133,10 +144,13 @@ def test_plan_errors(changes: dict[str, object], problem: str) -> None:
 class FakeIp:
     """Answers ``ip`` like a namespace with forwarding LAN/WAN interfaces and empty tables; records changes."""
 
-    def __init__(self, fail: dict[str, str] | None = None, tables: str = "[]", forwarding: str = "on") -> None:
+    def __init__(
+        self, fail: dict[str, str] | None = None, tables: str = "[]", forwarding: str = "on", rules: str = "[]"
+    ) -> None:
         self.fail = fail or {}
         self.tables = tables
         self.forwarding = forwarding
+        self.rules = rules
         self.changes: list[str] = []
 
     def __call__(self, command: Sequence[str]) -> str:
@@ -149,27 +163,78 @@ class FakeIp:
             return f"inet {command[-1]} forwarding {self.forwarding} rp_filter off mc_forwarding off\n"
         if " route show table " in line:
             return self.tables
+        if " rule show" in line:
+            return self.rules
         self.changes.append(line.removeprefix("ip -n lab "))
         return ""
 
 
-def test_apply_adds_everything_once_and_remove_deletes_it_newest_first() -> None:
+def test_apply_adds_the_guard_once_and_remove_deletes_it_newest_first() -> None:
     ip = FakeIp()
     steering = Steering(plan(), "lab", runner=ip)
     steering.apply()
     steering.apply()
-    assert ip.changes == adds(plan())
+    assert ip.changes == adds(plan().guard) and steering.guarding and not steering.connected
     ip.changes.clear()
     steering.remove()
-    assert ip.changes == [f"-{c.family} {' '.join(c.delete)}" for c in reversed(plan().commands)]
+    assert ip.changes == deletes(reversed(plan().guard))
     assert steering.installed == ()
+
+
+def test_the_tun_routes_come_and_go_over_the_guard() -> None:
+    ip = FakeIp()
+    steering = Steering(plan(), "lab", runner=ip)
+    with pytest.raises(SteeringError, match="guard is not installed"):
+        steering.connect()
+    assert ip.changes == []
+    steering.apply()
+    ip.changes.clear()
+    steering.connect()
+    assert ip.changes == adds(plan().tun_routes) and steering.connected
+    ip.changes.clear()
+    steering.disconnect()
+    assert ip.changes == deletes(reversed(plan().tun_routes))
+    assert steering.installed == plan().guard  # the blackholes and the rules stay: the traffic is dropped
+    steering.connect()
+    ip.changes.clear()
+    steering.remove()  # the TUN routes first, the blackholes last
+    assert ip.changes == deletes(reversed((*plan().guard, *plan().tun_routes)))
+
+
+def test_a_change_adds_the_new_guard_before_deleting_what_it_lacks() -> None:
+    ip = FakeIp()
+    steering = Steering(plan(lan=("lan", "lan2")), "lab", runner=ip)
+    steering.apply()
+    ip.changes.clear()
+    steering.change(plan())
+    assert ip.changes == ["-4 rule del pref 501 iif lan2 lookup 100 protocol 71"]
+    ip.changes.clear()
+    dual = plan(families=(4, 6))
+    steering.change(dual)
+    assert ip.changes == [line for line in adds(dual.guard) if line.startswith("-6")]
+    assert sorted(steering.installed, key=str) == sorted(dual.guard, key=str) and steering.plan == dual
+
+
+def test_a_change_is_refused_while_connected_or_for_a_plan_that_cannot_be_installed() -> None:
+    ip = FakeIp()
+    steering = Steering(plan(), "lab", runner=ip)
+    steering.apply()
+    steering.connect()
+    with pytest.raises(SteeringError, match="connected data plane"):
+        steering.change(plan(lan=("lan2",)))
+    steering.disconnect()
+    ip.changes.clear()
+    ip.fail = {"netconf show dev lan2": 'Device "lan2" does not exist.'}
+    with pytest.raises(SteeringError, match="there is no interface lan2"):
+        steering.change(plan(lan=("lan2",)))
+    assert ip.changes == [] and steering.plan == plan() and steering.installed == plan().guard
 
 
 def test_what_a_predecessor_left_is_adopted_and_removed_with_the_rest() -> None:
     ip = FakeIp(fail={"rule add pref 501 iif lan": "RTNETLINK answers: File exists"})
     steering = Steering(plan(), "lab", runner=ip)
     steering.apply()
-    assert len(steering.installed) == len(plan().commands)
+    assert steering.installed == plan().guard
     ip.fail = {}
     steering.remove()
     assert "-4 rule del pref 501 iif lan lookup 100 protocol 71" in ip.changes
@@ -190,14 +255,15 @@ def test_removal_tolerates_what_is_already_gone_and_reports_the_rest() -> None:
     ip = FakeIp()
     steering = Steering(plan(), "lab", runner=ip)
     steering.apply()
+    steering.connect()
     ip.fail = {
-        "route del default dev tin": 'Cannot find device "tin"',
+        "route del default dev tin": 'Cannot find device "tin"',  # the TUN went with the last worker
         "rule del pref 501 iif lan": "Operation not permitted",
     }
     with pytest.raises(SteeringError, match="Operation not permitted"):
         steering.remove()
     assert steering.installed == ()  # everything else was still deleted
-    assert sum(" del " in line for line in ip.changes) == len(plan().commands) - 2
+    assert sum(" del " in line for line in ip.changes) == len(plan().guard) + len(plan().tun_routes) - 2
 
 
 def test_tables_holding_other_routes_are_refused_before_anything_changes() -> None:
@@ -214,3 +280,36 @@ def test_interfaces_must_exist_and_forward() -> None:
         Steering(plan(), "lab", runner=FakeIp(fail={"netconf show dev wan": 'Device "wan" does not exist.'})).apply()
     with pytest.raises(SteeringError, match=r"lan does not forward IPv4 \(net.ipv4.conf.lan.forwarding is 0\)"):
         Steering(plan(), "lab", runner=FakeIp(forwarding="off")).apply()
+
+
+def test_leftovers_of_other_numbered_plans_are_removed_and_nothing_else() -> None:
+    rules = [
+        {"priority": 0, "src": "all", "table": "local"},
+        {"priority": 7100, "iif": "lan", "dst": "198.18.0.1", "table": "main", "protocol": "71"},  # kept: VPN 0
+        {"priority": 7101, "iif": "lan", "table": "7100", "protocol": "71"},
+        {"priority": 7102, "iif": "eth1", "dst": "198.18.0.1", "table": "main", "protocol": "71"},  # VPN 1's
+        {"priority": 7103, "iif": "eth1", "table": "7102", "protocol": "71"},
+        {"priority": 7103, "iif": "eth2", "table": "7102", "protocol": "71"},
+        {"priority": 7105, "iif": "eth3", "table": "7104"},  # someone else's: another protocol
+        {"priority": 9000, "iif": "eth1", "table": "9", "protocol": "71"},  # outside the numbered range
+        {"priority": 32766, "src": "all", "table": "main"},
+    ]
+    routes = [
+        {"type": "blackhole", "dst": "default", "table": "7100", "metric": 4294967295},
+        {"type": "blackhole", "dst": "default", "table": "7102", "metric": 4294967295},
+        {"type": "blackhole", "dst": "default", "table": "7103", "metric": 4294967295},
+        {"type": "blackhole", "dst": "default", "table": "9", "metric": 4294967295},
+    ]
+    ip = FakeIp(tables=json.dumps(routes), rules=json.dumps(rules))
+    kept = SteeringPlan.numbered(0, ["lan"], ["wan"])
+    deleted = remove_leftovers("lab", [kept], runner=ip)
+    per_family = [
+        "rule del pref 7102 protocol 71",
+        "rule del pref 7103 protocol 71",
+        "rule del pref 7103 protocol 71",
+        "route flush table 7102 proto 71",
+        "route flush table 7103 proto 71",
+    ]
+    assert ip.changes == [f"-{family} {line}" for family in (4, 6) for line in per_family]
+    assert deleted[:5] == ["IPv4 rule 7102", "IPv4 rule 7103", "IPv4 rule 7103", "IPv4 table 7102", "IPv4 table 7103"]
+    assert remove_leftovers("lab", [kept], runner=FakeIp()) == []

@@ -2,20 +2,23 @@
 
 ``Dataplane`` creates the two TUN devices (one queue per worker), starts
 one worker process per CPU on them, and only once every worker is ready
-installs the steering, so no packet is steered into a TUN nobody reads.
-From then on only the workers hold the queues: a worker that dies takes
-its queue with it and the kernel moves its flows to the others; when the
-last one is gone the devices go too, and the steering tables' blackhole
-routes discard the traffic (the data plane fails closed).
+connects the TUNs to the steering (their routes), so no packet is steered
+into a TUN nobody reads.  From then on only the workers hold the queues:
+a worker that dies takes its queue with it and the kernel moves its flows
+to the others; when the last one is gone the devices go too, and the
+steering's guard (its tables' blackholes) discards the traffic: the data
+plane fails closed.  The member daemon installs that guard before the
+data plane starts and keeps it after it stops (``steering.Steering``); a
+data plane given no steering installs its own guard and removes it again.
 ``update`` hands a new ``PolicyState`` to every worker; each swaps it in
 whole between two batches.  Reports flow back on the channels: the daemon
 either registers them with its event loop (``attach``) or lets
 ``counters`` pick them up when asked; nothing here ever blocks on a worker
 except ``start`` (bounded, before traffic flows) and ``counters(wait=...)``.
 
-``stop`` removes the steering first (traffic no longer enters the TUNs),
-then closes the channels: workers exit on end of file (stragglers are
-killed after a grace period) and the devices disappear with them.
+``stop`` disconnects the TUNs first (the guard drops the traffic), then
+closes the channels: workers exit on end of file (stragglers are killed
+after a grace period) and the devices disappear with them.
 
 A ``Dataplane`` is started once: the workers' IV counters live as long as
 it does, and a new one must come with new Sender IDs (a new registration)
@@ -106,18 +109,31 @@ class _WorkerHandle:
 
 
 class Dataplane:
-    """The TUNs, worker processes and steering of one VPN in ``namespace`` (None: the caller's).
+    """The TUNs and worker processes of one VPN in ``namespace`` (None: the caller's), connected to its steering.
 
-    ``workers`` defaults to one per CPU.
+    ``workers`` defaults to one per CPU.  ``steering``: the VPN's, for the
+    description's plan in ``namespace``, whose guard its owner installs
+    before ``start`` and keeps after ``stop``; None: the data plane's own,
+    guard installed by ``start`` and removed by ``stop``.
     """
 
-    def __init__(self, namespace: str | None, description: DataplaneDescription, workers: int | None = None) -> None:
+    def __init__(
+        self,
+        namespace: str | None,
+        description: DataplaneDescription,
+        workers: int | None = None,
+        *,
+        steering: Steering | None = None,
+    ) -> None:
         self.description = description
         self.namespace = namespace
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
         if self.workers < 1:
             raise DataplaneError(f"{self.workers} workers: at least one is needed")
-        self.steering = Steering(description.steering, namespace)
+        if steering is not None and (steering.plan, steering.namespace) != (description.steering, namespace):
+            raise DataplaneError("the steering given is not the description's plan in this namespace")
+        self._own_guard = steering is None
+        self.steering = steering if steering is not None else Steering(description.steering, namespace)
         self.rejections: list[Rejected] = []
         self._tuns: list[Tun] = []
         self._handles: list[_WorkerHandle] = []
@@ -129,7 +145,7 @@ class Dataplane:
     # -- life cycle ---------------------------------------------------------------------
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
-        """TUNs, then workers (waiting until each is ready), then steering; on failure everything is undone."""
+        """TUNs, then workers (waiting until each is ready), then their routes; on failure everything is undone."""
         if self._started:
             raise DataplaneError("a data plane is started only once")
         self._started = True
@@ -142,7 +158,9 @@ class Dataplane:
                 self._spawn(index, icmp_sources)
             self._await_ready(time.monotonic() + timeout)
             self._release_tuns()
-            self.steering.apply()
+            if self._own_guard:
+                self.steering.apply()
+            self.steering.connect()
         except BaseException:
             self.stop()
             raise
@@ -201,11 +219,14 @@ class Dataplane:
             self._collect()
 
     def stop(self) -> None:
-        """Steering out, workers ended, TUNs closed; safe to call more than once and after a failed start."""
+        """TUN routes out (and an own guard), workers ended, TUNs closed; safe to repeat and after a failed start."""
         self.detach()
         problem: SteeringError | None = None
         try:
-            self.steering.remove()
+            if self._own_guard:
+                self.steering.remove()  # the TUN routes with the rest
+            else:
+                self.steering.disconnect()
         except SteeringError as failed:
             problem = failed
         for handle in self._handles:

@@ -7,11 +7,20 @@ numbers are consulted first)::
     P+1   iif LAN                          lookup T_out    -> default dev TUN_OUT (encrypt)
     P+1   iif WAN ipproto esp              lookup T_in     -> default dev TUN_IN  (decrypt)
 
-Each steering table also holds a blackhole default of the highest metric:
-if the TUN disappears (the data plane died), its route goes with it and
-the traffic is discarded instead of falling through to the main table in
-clear.  Traffic for the member itself never reaches these rules (the local
-table comes first), so its own exchanges with the key servers are never
+Each steering table also holds a blackhole default of the highest metric.
+The blackholes and the rules are the *guard*: installed while the VPN is
+configured, before its data plane exists, they drop the service set's
+traffic; the data plane only adds and removes its TUN routes (``connect``,
+``disconnect``), which win over the blackholes while they exist.  So the
+member fails closed at every moment its data plane does not run: while it
+starts, while it restarts (a changed VPN, its interfaces down and up),
+after its workers died (a TUN's routes go with it) and after the member
+exits, cleanly or not (the guard stays; the next member adopts it, and
+removes a guard its own configuration no longer has: ``remove_leftovers``).
+Traffic passes in clear only when the operator removes the service set.
+
+Traffic for the member itself never reaches these rules (the local table
+comes first), so its own exchanges with the key servers are never
 steered; the bypass rules keep *transit* control traffic and the service
 filters' traffic out.  Packets the workers write back arrive with ``iif``
 a TUN, which no rule names, so they are routed by the main table on their
@@ -21,11 +30,12 @@ Two TUNs rather than one keep the direction exact: a LAN host's own ESP
 is protected like any other traffic instead of being mistaken for the
 group's inbound ESP.
 
-Every rule and route carries protocol ``ROUTE_PROTOCOL``.  ``apply`` adds
-routes before rules (a rule never points at an empty table, which would
-fall through to the main table) and treats "already there" as ours, so it
-is idempotent and adopts what a crashed predecessor left; ``remove``
-deletes exactly what was added or adopted, rules first.  Everything runs
+Every rule and route carries protocol ``ROUTE_PROTOCOL``.  Routes go in
+before the rules that use them (a rule never points at an empty table,
+which would fall through to the main table).  ``apply`` treats "already
+there" as ours, so it is idempotent and adopts what a predecessor left;
+``change`` moves to another plan adding before deleting; ``remove``
+deletes exactly what was added or adopted, newest first.  Everything runs
 as ``ip -n NAMESPACE``: nothing outside the namespace is touched.
 """
 
@@ -33,7 +43,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_network
 
@@ -46,6 +56,8 @@ MAX_METRIC = 0xFFFFFFFF
 MAX_TABLE = 0xFFFFFFFF
 RESERVED_TABLES = frozenset({0, 253, 254, 255})  # unspec, default, main, local
 MAIN_RULE_PRIORITY = 32766
+FIRST_NUMBERED = 7100  # the first table and rule preference of the numbered plans
+NUMBERED_PLANS = 100  # VPN numbers 0-99, two tables and two preferences each
 COMMAND_TIMEOUT = 20.0
 _GONE = ("No such file or directory", "No such process", "Cannot find device")
 
@@ -105,7 +117,8 @@ class SteeringPlan:
     priority: int
     bypass: tuple[Selector, ...] = ()
     families: tuple[int, ...] = (4,)
-    commands: tuple[IpCommand, ...] = field(init=False, repr=False, compare=False)
+    guard: tuple[IpCommand, ...] = field(init=False, repr=False, compare=False)
+    tun_routes: tuple[IpCommand, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in (self.outbound_tun, self.inbound_tun, *self.lan, *self.wan):
@@ -127,7 +140,8 @@ class SteeringPlan:
             )
         if not self.families or not set(self.families) <= {4, 6} or len(set(self.families)) != len(self.families):
             raise SteeringError(f"address families {self.families}: choose from 4 and 6")
-        object.__setattr__(self, "commands", self._commands())
+        object.__setattr__(self, "guard", self._guard())
+        object.__setattr__(self, "tun_routes", self._tun_routes())
 
     @classmethod
     def numbered(
@@ -139,28 +153,39 @@ class SteeringPlan:
         families: tuple[int, ...] = (4,),
     ) -> SteeringPlan:
         """The plan of the member's VPN number ``number`` (0..99): names, tables and preferences that never collide."""
-        if not 0 <= number < 100:
-            raise SteeringError(f"VPN number {number} is outside 0-99")
+        if not 0 <= number < NUMBERED_PLANS:
+            raise SteeringError(f"VPN number {number} is outside 0-{NUMBERED_PLANS - 1}")
         return cls(
             outbound_tun=f"gvpn{number}o",
             inbound_tun=f"gvpn{number}i",
             lan=tuple(lan),
             wan=tuple(wan),
-            outbound_table=7100 + 2 * number,
-            inbound_table=7101 + 2 * number,
-            priority=7100 + 2 * number,
+            outbound_table=FIRST_NUMBERED + 2 * number,
+            inbound_table=FIRST_NUMBERED + 1 + 2 * number,
+            priority=FIRST_NUMBERED + 2 * number,
             bypass=tuple(bypass),
             families=families,
         )
 
-    def _commands(self) -> tuple[IpCommand, ...]:
-        """Routes first, then bypass rules, then steering rules: the order ``apply`` adds them in."""
+    @property
+    def tables(self) -> tuple[int, int]:
+        return self.outbound_table, self.inbound_table
+
+    def _tun_routes(self) -> tuple[IpCommand, ...]:
+        """Each table's default into its TUN (metric 0: it wins over the blackhole while the TUN exists)."""
+        return tuple(
+            _entry(family, "route", ("default", "dev", tun, "table", str(table), "proto", str(ROUTE_PROTOCOL)))
+            for family in self.families
+            for tun, table in ((self.outbound_tun, self.outbound_table), (self.inbound_tun, self.inbound_table))
+        )
+
+    def _guard(self) -> tuple[IpCommand, ...]:
+        """Blackhole routes first, then bypass rules, then steering rules: the order ``apply`` adds them in."""
         tag = ("protocol", str(ROUTE_PROTOCOL))
         commands: list[IpCommand] = []
         for family in self.families:
-            for tun, table in ((self.outbound_tun, self.outbound_table), (self.inbound_tun, self.inbound_table)):
+            for table in self.tables:
                 where = ("table", str(table), "proto", str(ROUTE_PROTOCOL))
-                commands.append(_entry(family, "route", ("default", "dev", tun, *where)))
                 commands.append(_entry(family, "route", ("blackhole", "default", "metric", str(MAX_METRIC), *where)))
         bypass = str(self.priority)
         for selector in self.bypass:
@@ -211,7 +236,10 @@ def run_ip(command: Sequence[str]) -> str:
 
 
 class Steering:
-    """The plan installed in one namespace; remembers what it added so that ``remove`` undoes exactly that."""
+    """One VPN's steering in one namespace: its guard, and its TUN routes while a data plane is connected.
+
+    Remembers what it added or adopted, so that ``remove`` undoes exactly that.
+    """
 
     def __init__(self, plan: SteeringPlan, namespace: str | None = None, *, runner: Runner = run_ip) -> None:
         self.plan = plan
@@ -223,16 +251,55 @@ class Steering:
     def installed(self) -> tuple[IpCommand, ...]:
         return tuple(self._installed)
 
+    @property
+    def guarding(self) -> bool:
+        """The whole guard is in place: the service set's traffic is dropped unless a data plane takes it."""
+        return all(command in self._installed for command in self.plan.guard)
+
+    @property
+    def connected(self) -> bool:
+        return any(command in self._installed for command in self.plan.tun_routes)
+
     def _ip(self, family: int, args: Sequence[str]) -> str:
         where = ("-n", self.namespace) if self.namespace is not None else ()
         return self._run(("ip", *where, f"-{family}", *args))
 
     def apply(self) -> None:
-        """Install the plan (idempotent); on failure, whatever was added is removed again."""
-        self._check_interfaces()
-        self._check_tables()
+        """Install the guard (idempotent); on failure, what this call added is removed again."""
+        self._check(self.plan)
+        self._add(self.plan.guard)
+
+    def change(self, plan: SteeringPlan) -> None:
+        """Guard by ``plan`` from now on: its entries go in before the old ones it lacks are deleted.
+
+        Only while no data plane is connected (one restarts with its new plan).
+        """
+        if self.connected:
+            raise SteeringError("the steering of a connected data plane cannot change")
+        self._check(plan)
+        self._add(plan.guard)
+        stale = [command for command in self._installed if command not in plan.guard]
+        self.plan = plan
+        self._delete(stale)
+
+    def connect(self) -> None:
+        """Add the TUN routes (the TUNs exist): the steered traffic goes to the data plane."""
+        if not self.guarding:
+            raise SteeringError("the steering's guard is not installed")
+        self._add(self.plan.tun_routes)
+
+    def disconnect(self) -> None:
+        """Delete the TUN routes: the guard's blackholes take the steered traffic again."""
+        self._delete([command for command in self._installed if command in self.plan.tun_routes])
+
+    def remove(self) -> None:
+        """Delete everything added or adopted, newest first (TUN routes, rules, routes); what is gone is fine."""
+        self._delete(list(self._installed))
+
+    def _add(self, commands: Sequence[IpCommand]) -> None:
+        added = []
         try:
-            for command in self.plan.commands:
+            for command in commands:
                 if command in self._installed:
                     continue
                 try:
@@ -241,15 +308,16 @@ class Steering:
                     if "File exists" not in failed.message:
                         raise
                 self._installed.append(command)
+                added.append(command)
         except SteeringError:
-            self.remove()
+            self._delete(added)
             raise
 
-    def remove(self) -> None:
-        """Delete what ``apply`` added, newest first (rules before routes); what is already gone is fine."""
+    def _delete(self, commands: Sequence[IpCommand]) -> None:
+        """Delete ``commands`` (some of those installed, oldest first) newest first; the problems are raised after."""
         problems = []
-        while self._installed:
-            command = self._installed.pop()
+        for command in reversed(commands):
+            self._installed.remove(command)
             try:
                 self._ip(command.family, command.delete)
             except IpFailed as failed:
@@ -258,11 +326,15 @@ class Steering:
         if problems:
             raise SteeringError("; ".join(problems))
 
-    def _check_interfaces(self) -> None:
+    def _check(self, plan: SteeringPlan) -> None:
+        self._check_interfaces(plan)
+        self._check_tables(plan)
+
+    def _check_interfaces(self, plan: SteeringPlan) -> None:
         """Every LAN and WAN interface exists and forwards (steered packets are forwarded into the TUN)."""
         problems = []
-        for family in self.plan.families:
-            for name in (*self.plan.lan, *self.plan.wan):
+        for family in plan.families:
+            for name in (*plan.lan, *plan.wan):
                 try:
                     words = self._ip(family, ("netconf", "show", "dev", name)).split()
                 except IpFailed:
@@ -274,10 +346,10 @@ class Steering:
         if problems:
             raise SteeringError("; ".join(dict.fromkeys(problems)))
 
-    def _check_tables(self) -> None:
+    def _check_tables(self, plan: SteeringPlan) -> None:
         """Refuse tables that hold routes someone else put there."""
-        for family in self.plan.families:
-            for table in (self.plan.outbound_table, self.plan.inbound_table):
+        for family in plan.families:
+            for table in plan.tables:
                 try:
                     routes = json.loads(self._ip(family, ("-j", "route", "show", "table", str(table))) or "[]")
                 except IpFailed as failed:
@@ -287,3 +359,32 @@ class Steering:
                 foreign = [r for r in routes if r.get("protocol") != str(ROUTE_PROTOCOL)]
                 if foreign:
                     raise SteeringError(f"IPv{family} routing table {table} is in use by other routes ({len(foreign)})")
+
+
+def remove_leftovers(namespace: str | None, kept: Iterable[SteeringPlan], *, runner: Runner = run_ip) -> list[str]:
+    """Delete the numbered plans' rules and routes in ``namespace`` that none of ``kept`` uses; what was deleted.
+
+    A member that exits leaves its guards in place; the next one keeps
+    those of its own VPNs (``kept``, applied before) and removes the others:
+    their VPNs are no longer configured or their service sets no longer
+    applied.  Only our own (protocol ``ROUTE_PROTOCOL``, numbered range)
+    is touched.
+    """
+    used = {n for plan in kept for n in (plan.priority, plan.priority + 1, *plan.tables)}
+    numbered = range(FIRST_NUMBERED, FIRST_NUMBERED + 2 * NUMBERED_PLANS)
+    where = ("-n", namespace) if namespace is not None else ()
+    deleted = []
+    for family in (4, 6):
+        ip = ("ip", *where, f"-{family}")
+        rules = json.loads(runner((*ip, "-j", "rule", "show")) or "[]")
+        for rule in rules:
+            priority = rule.get("priority")
+            if rule.get("protocol") == str(ROUTE_PROTOCOL) and priority in numbered and priority not in used:
+                runner((*ip, "rule", "del", "pref", str(priority), "protocol", str(ROUTE_PROTOCOL)))
+                deleted.append(f"IPv{family} rule {priority}")
+        routes = json.loads(runner((*ip, "-j", "route", "show", "table", "all", "proto", str(ROUTE_PROTOCOL))) or "[]")
+        for table in sorted({int(r["table"]) for r in routes if r.get("table", "").isdigit()}):
+            if table in numbered and table not in used:
+                runner((*ip, "route", "flush", "table", str(table), "proto", str(ROUTE_PROTOCOL)))
+                deleted.append(f"IPv{family} table {table}")
+    return deleted
