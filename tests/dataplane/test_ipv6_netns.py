@@ -28,6 +28,7 @@ from tshark import read_fields, requires_tshark
 
 from groupvpn.dataplane.manager import Dataplane
 from groupvpn.dataplane.namespace import in_namespace
+from groupvpn.dataplane.steering import SteeringError
 from groupvpn.ops.export import UAT_OPTION, esp_sa_row
 
 pytestmark = [
@@ -210,3 +211,18 @@ def test_ipv4_and_ipv6_cross_at_the_same_time_each_under_its_own_sa(lab: MemberP
     assert crossing6 and {(p.nxt, spi(p)) for p in crossing6} == {(dpkt.ip.IP_PROTO_ESP, SPI6)}
     for counts in (a_counts, b_counts):
         assert counts["encrypted_packets"] > 0 and counts["write_errors"] == 0
+
+
+def test_a_member_forwarding_ipv6_only_on_its_interfaces_is_refused(lab: MemberPair) -> None:
+    """The kernel forwards IPv6 by the namespace's ``all`` setting alone: the steering would lead nowhere."""
+
+    def sysctl(*settings: str) -> None:
+        for setting in settings:
+            ip("netns", "exec", lab.member_a, "sysctl", "-qw", f"net.ipv6.conf.{setting}")
+
+    sysctl("all.forwarding=0", "lan.forwarding=1", "wan.forwarding=1")  # "all" first: it sets every interface
+    try:
+        with pytest.raises(SteeringError, match=r"^the namespace does not forward IPv6 "):
+            Dataplane(lab.member_a, description(lab, (4, 6)), workers=1).start()
+    finally:
+        sysctl("all.forwarding=1")

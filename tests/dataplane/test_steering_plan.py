@@ -145,11 +145,17 @@ class FakeIp:
     """Answers ``ip`` like a namespace with forwarding LAN/WAN interfaces and empty tables; records changes."""
 
     def __init__(
-        self, fail: dict[str, str] | None = None, tables: str = "[]", forwarding: str = "on", rules: str = "[]"
+        self,
+        fail: dict[str, str] | None = None,
+        tables: str = "[]",
+        forwarding: str = "on",
+        rules: str = "[]",
+        all_forwarding: str = "on",
     ) -> None:
         self.fail = fail or {}
         self.tables = tables
         self.forwarding = forwarding
+        self.all_forwarding = all_forwarding
         self.rules = rules
         self.changes: list[str] = []
 
@@ -161,6 +167,9 @@ class FakeIp:
                 raise IpFailed(command, message)
         if " netconf show dev " in line:
             return f"inet {command[-1]} forwarding {self.forwarding} rp_filter off mc_forwarding off\n"
+        if line.endswith(" netconf show"):
+            devices = [("lan", self.forwarding), ("all", self.all_forwarding), ("default", "off")]
+            return "".join(f"inet6 {name} forwarding {state} mc_forwarding off\n" for name, state in devices)
         if " route show table " in line:
             return self.tables
         if " rule show" in line:
@@ -280,6 +289,18 @@ def test_interfaces_must_exist_and_forward() -> None:
         Steering(plan(), "lab", runner=FakeIp(fail={"netconf show dev wan": 'Device "wan" does not exist.'})).apply()
     with pytest.raises(SteeringError, match=r"lan does not forward IPv4 \(net.ipv4.conf.lan.forwarding is 0\)"):
         Steering(plan(), "lab", runner=FakeIp(forwarding="off")).apply()
+
+
+def test_ipv6_is_steered_only_where_the_namespace_forwards_it() -> None:
+    """IPv6 forwarding is the namespace's ``all`` setting alone: forwarding interfaces are not enough."""
+    dual = plan(families=(4, 6))
+    Steering(dual, "lab", runner=FakeIp()).apply()
+    Steering(plan(), "lab", runner=FakeIp(all_forwarding="off")).apply()  # IPv4 only: not asked
+    ip = FakeIp(all_forwarding="off")
+    problem = r"^the namespace does not forward IPv6 \(net.ipv6.conf.all.forwarding is 0\)$"
+    with pytest.raises(SteeringError, match=problem):
+        Steering(dual, "lab", runner=ip).apply()
+    assert ip.changes == []
 
 
 def test_leftovers_of_other_numbered_plans_are_removed_and_nothing_else() -> None:

@@ -213,6 +213,15 @@ def key_server_bypass(servers: Sequence[str], ports: Sequence[int] = (848, 500))
     return tuple(selectors)
 
 
+def _forwards(netconf: str, device: str) -> bool:
+    """Whether ``ip netconf show`` output says ``device`` (or ``all``) forwards."""
+    for line in netconf.splitlines():
+        words = line.split()
+        if words[1:2] == [device] and "forwarding" in words:
+            return words[words.index("forwarding") + 1] == "on"
+    return False
+
+
 class IpFailed(SteeringError):
     """``ip`` refused a command; ``message`` is what iproute2 said (callers tell "already there" from real errors)."""
 
@@ -331,18 +340,25 @@ class Steering:
         self._check_tables(plan)
 
     def _check_interfaces(self, plan: SteeringPlan) -> None:
-        """Every LAN and WAN interface exists and forwards (steered packets are forwarded into the TUN)."""
+        """Every LAN and WAN interface exists and forwards (steered packets are forwarded into the TUN).
+
+        The kernel forwards IPv6 only when the namespace's ``all`` setting
+        says so, whatever the interfaces' own: without it IPv6 would be
+        steered into nothing, silently.
+        """
         problems = []
         for family in plan.families:
             for name in (*plan.lan, *plan.wan):
                 try:
-                    words = self._ip(family, ("netconf", "show", "dev", name)).split()
+                    netconf = self._ip(family, ("netconf", "show", "dev", name))
                 except IpFailed:
                     problems.append(f"there is no interface {name}")
                     continue
-                if "forwarding" not in words or words[words.index("forwarding") + 1] != "on":
+                if not _forwards(netconf, name):
                     key = f"net.ipv{family}.conf.{name}.forwarding"
                     problems.append(f"{name} does not forward IPv{family} ({key} is 0)")
+        if 6 in plan.families and not _forwards(self._ip(6, ("netconf", "show")), "all"):
+            problems.append("the namespace does not forward IPv6 (net.ipv6.conf.all.forwarding is 0)")
         if problems:
             raise SteeringError("; ".join(dict.fromkeys(problems)))
 
