@@ -9,7 +9,7 @@ from groupvpn.config.schema import MEMBER, SERVER
 PROPOSAL_CHILDREN = (
     "authentication-algorithm, authentication-method, description, dh-group, encryption-algorithm, lifetime-seconds"
 )
-MEMBER_TOP = "interfaces, security, services"
+MEMBER_TOP = "firewall, interfaces, security, services"
 VPN = "security group-vpn member ipsec vpn v1"
 
 CURLY = [

@@ -14,7 +14,7 @@ from groupvpn.config.errors import ConfigError
 from groupvpn.config.junos import parse, render_set
 from groupvpn.config.model import Role, load
 from groupvpn.config.schema import SERVER
-from groupvpn.config.values import PROTOCOLS
+from groupvpn.config.values import PORTS, PROTOCOLS
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MEMBER_BASE = (
@@ -24,6 +24,14 @@ SERVER_BASE = render_set(parse((FIXTURES / "server.conf").read_text(), SERVER))
 M = "set security group-vpn member "
 S = "set security group-vpn server "
 KEY = '"twenty characters or more"'
+F = "set firewall family inet service-filter f "
+PORTS_NEED = (
+    "'destination-port' in term x of inet service-filter f needs protocols that have ports, and only those (tcp, "
+    "udp, 33 (dccp), sctp, 136 (udp_lite)): ip rules read other protocols' first octets as ports (ESP's SPI)"
+)
+ONE_FILTER = (
+    "one filter applies per direction and family (the steering cannot tell the interfaces of a direction apart)"
+)
 OTHER_KEY = '"another twenty-character key"'
 
 
@@ -276,6 +284,193 @@ MEMBER_CASES = {
                 "2001:db8::1/64",
                 "2001:db8::1/64",
                 "invalid value '2001:db8::1/64' for 'address' (expected an IPv4 address/length)",
+            )
+        ],
+    ),
+    **{
+        name: (
+            [f"{F}term x from {condition}" for condition in conditions],
+            [At(line, token, message)],
+        )
+        for name, conditions, line, token, message in [
+            (
+                "a service filter prefix with except",
+                ["source-address 198.18.0.0/16 except"],
+                "except",
+                "except",
+                (
+                    "'except' in source-address of term x of inet service-filter f is not supported: ip rules "
+                    "cannot exclude a prefix; put a term for it before this one instead"
+                ),
+            ),
+            (
+                "a service filter prefix that is not one",
+                ["destination-address 198.18.0.0/33"],
+                "198.18.0.0/33",
+                "198.18.0.0/33",
+                (
+                    "invalid value '198.18.0.0/33' for 'destination-address' (expected an IPv4 or IPv6 prefix "
+                    "(address/length))"
+                ),
+            ),
+            (
+                "an IPv6 prefix in a family inet filter",
+                ["destination-address 2001:2::/48"],
+                "2001:2::/48",
+                "2001:2::/48",
+                "'2001:2::/48' is IPv6 but term x of inet service-filter f is IPv4",
+            ),
+            (
+                "a service filter protocol zero",
+                ["protocol [ udp 0 ]"],
+                "udp 0",
+                "0 ]",
+                (
+                    "invalid value '0' for 'protocol' (expected a protocol number from 1 to 255 or one of: "
+                    f"{', '.join(PROTOCOLS)})"
+                ),
+            ),
+            (
+                "next-header in a family inet filter",
+                ["next-header tcp"],
+                "next-header",
+                "next-header",
+                "term x of inet service-filter f is IPv4: its terms match 'protocol', not 'next-header'",
+            ),
+            (
+                "a service filter port without a protocol",
+                ["destination-port 5000"],
+                "x from destination-port",
+                "destination-port",
+                PORTS_NEED,
+            ),
+            (
+                "a service filter port with a protocol that has none",
+                ["protocol [ udp esp ]", "source-port 5000"],
+                "x from source-port",
+                "source-port",
+                PORTS_NEED.replace("'destination-port'", "'source-port'"),
+            ),
+            *(
+                (
+                    f"a service filter port {value}",
+                    ["protocol udp", f"destination-port {value}"],
+                    f"destination-port {value}",
+                    value,
+                    (
+                        f"invalid value '{value}' for 'destination-port' (expected a port from 1 to 65534, a range "
+                        f"'low-high' of them, or one of: {', '.join(PORTS)} (Linux ip rules cannot match port 0 "
+                        "or 65535))"
+                    ),
+                )
+                for value in ("0", "65535", "1024-65535", "5010-5000", "5000-", "gdoi")
+            ),
+        ]
+    },
+    "a service filter term that services and skips": (
+        [f"{F}term x then service", f"{F}term x then skip"],
+        [
+            At(
+                "term x then skip",
+                "skip",
+                "term x of inet service-filter f is both 'service' and 'skip'; give one of them",
+            )
+        ],
+    ),
+    "a service filter term of too many combinations": (
+        [f"{F}term x from {end}-address 198.18.{n}.0/24" for end in ("source", "destination") for n in range(5)]
+        + [f"{F}term x from protocol [ tcp udp sctp ]"],
+        [
+            At(
+                "term x from source-address 198.18.0.0/24",
+                "term x",
+                "term x of inet service-filter f matches 75 combinations of addresses, protocols and ports; at most "
+                "64 (one ip rule each): split it into terms",
+            )
+        ],
+    ),
+    "a service filter of 33 terms": (
+        [f"{F}term t{n} then skip" for n in range(33)],
+        [
+            At(
+                "term t32",
+                "term t32",
+                "33 terms in inet service-filter f; at most 32 are allowed (one rule preference each)",
+            )
+        ],
+    ),
+    "protocol in a family inet6 filter": (
+        ["set firewall family inet6 service-filter f6 term y from protocol tcp"],
+        [
+            At(
+                "f6 term y from protocol",
+                "protocol",
+                "term y of inet6 service-filter f6 is IPv6: its terms match 'next-header', not 'protocol'",
+            )
+        ],
+    ),
+    "an unsupported service filter condition": (
+        [f"{F}term x from dscp ef"],
+        [
+            At(
+                "dscp",
+                "dscp",
+                "unknown statement 'dscp' under 'firewall family inet service-filter f term x from' (expected one "
+                "of: destination-address, destination-port, next-header, protocol, source-address, source-port)",
+            )
+        ],
+    ),
+    "an unsupported service filter action": (
+        [f"{F}term x then count hits"],
+        [
+            At(
+                "count",
+                "count",
+                "unknown statement 'count' under 'firewall family inet service-filter f term x then' (expected one "
+                "of: service, skip)",
+            )
+        ],
+    ),
+    "an undefined service filter": (
+        ["set interfaces eth2 unit 0 family inet service output service-set gvpn service-filter nope"],
+        [At("service-filter nope", "nope", "undefined inet service-filter 'nope' (defined: bypass-bgp)")],
+    ),
+    "a service filter of the other family": (
+        [
+            "set firewall family inet6 service-filter v6only term t then skip",
+            "set interfaces eth1 unit 0 family inet service output service-set gvpn service-filter v6only",
+        ],
+        [
+            At(
+                "service-set gvpn service-filter v6only",
+                "v6only",
+                "undefined inet service-filter 'v6only' (defined: bypass-bgp); 'v6only' is a family inet6 "
+                "service-filter",
+            )
+        ],
+    ),
+    "two service filters in one direction": (
+        [
+            "set firewall family inet service-filter second term t then skip",
+            "set interfaces eth2 unit 0 family inet service input service-set gvpn service-filter second",
+        ],
+        [
+            At(
+                "service-set gvpn service-filter second",
+                "second",
+                "service-set gvpn has service-filter second in the input direction of family inet on eth2, but "
+                f"bypass-bgp on eth1; {ONE_FILTER}",
+            )
+        ],
+    ),
+    "a service filter and none in one direction": (
+        ["set interfaces eth2 unit 0 family inet service input service-set gvpn"],
+        [
+            At(
+                "eth2 unit 0 family inet service input",
+                "service-set gvpn",
+                "service-set gvpn has no service-filter in the input direction of family inet on eth2, but bypass-bgp "
+                f"on eth1; {ONE_FILTER}",
             )
         ],
     ),

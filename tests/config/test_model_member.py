@@ -3,15 +3,34 @@
 from ipaddress import ip_address, ip_interface, ip_network
 from pathlib import Path
 
-from groupvpn.config.junos import parse, render_curly
-from groupvpn.config.model import FailOpenRule, InterfaceUnit, MemberConfig, ServiceAttachment, load, load_member
+from groupvpn.config.junos import parse, render_curly, render_set
+from groupvpn.config.model import (
+    FailOpenRule,
+    FilterTerm,
+    InterfaceUnit,
+    MemberConfig,
+    ServiceAttachment,
+    ServiceFilter,
+    load,
+    load_member,
+)
 from groupvpn.config.schema import MEMBER
-from groupvpn.config.values import DfBit, Direction
+from groupvpn.config.values import DfBit, Direction, FilterAction
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TEXT = (FIXTURES / "member.set").read_text()
 M = "set security group-vpn member "
 KEY = 'Zq8#Wv2 kP0x-"Jy7"Lm4'
+BGP = (179, 179)
+BYPASS_BGP = ServiceFilter(
+    "bypass-bgp",
+    4,
+    (
+        FilterTerm("bgp", protocols=(6,), destination_ports=(BGP,), action=FilterAction.SKIP),
+        FilterTerm("bgp-replies", protocols=(6,), source_ports=(BGP,), action=FilterAction.SKIP),
+        FilterTerm("rest"),
+    ),
+)
 
 
 def test_the_fixture():
@@ -36,9 +55,13 @@ def test_the_fixture():
     assert service_set is not None and config.service_sets == (service_set,)
     assert (service_set.name, service_set.vpn, service_set.service_interface) == ("gvpn", "lan", "ms-0/0/0")
     assert service_set.attachments == (
-        ServiceAttachment(eth1, Direction.INPUT, "bypass-bgp"),
+        ServiceAttachment(eth1, Direction.INPUT, BYPASS_BGP),
         ServiceAttachment(eth1, Direction.OUTPUT),
     )
+    assert config.service_filters == (BYPASS_BGP,)
+    assert service_set.service_filter(Direction.INPUT, 4) == BYPASS_BGP
+    assert service_set.service_filter(Direction.INPUT, 6) is None
+    assert service_set.service_filter(Direction.OUTPUT, 4) is None
 
 
 def test_active_fail_open_rules():
@@ -100,7 +123,7 @@ def test_service_sets_apply_under_family_inet6_and_once_under_both_families():
     assert config.interfaces == (eth1, eth2)
     service_set = config.vpn("lan").service_set
     assert service_set is not None and service_set.attachments == (
-        ServiceAttachment(eth1, Direction.INPUT, "bypass-bgp"),
+        ServiceAttachment(eth1, Direction.INPUT, BYPASS_BGP),
         ServiceAttachment(eth1, Direction.OUTPUT),
         ServiceAttachment(eth2, Direction.OUTPUT),
     )
@@ -128,3 +151,84 @@ def test_two_groups_in_two_service_sets():
     assert voice.service_set.attachments == (ServiceAttachment(eth2, Direction.OUTPUT),)
     assert [s.name for s in config.service_sets] == ["gvpn", "gvoice"]
     assert config.vpn("lan").service_set is not None and config.vpn("lan").service_set.name == "gvpn"
+
+
+FILTERS = """
+firewall {
+    family inet {
+        service-filter keep-out {
+            term routing {
+                from {
+                    source-address {
+                        198.18.0.0/15;
+                        198.51.100.7;
+                    }
+                    protocol [ ospf 112 ];
+                }
+                then skip;
+            }
+            term web {
+                from {
+                    destination-address {
+                        198.18.10.0/24;
+                    }
+                    protocol tcp;
+                    destination-port [ https 8000-8080 ];
+                }
+            }
+        }
+    }
+    family inet6 {
+        service-filter keep-out {
+            term bgp {
+                from {
+                    next-header [ tcp 6 ];
+                    source-port bgp;
+                }
+                then {
+                    skip;
+                }
+            }
+        }
+    }
+}
+interfaces {
+    eth1 {
+        unit 0 {
+            family inet6 {
+                service {
+                    input {
+                        service-set gvpn service-filter keep-out;
+                    }
+                }
+            }
+        }
+    }
+}
+"""
+
+
+def test_service_filters_of_both_families_in_either_syntax():
+    config = load_member(TEXT + render_set(parse(FILTERS, MEMBER)))
+    routing = FilterTerm(
+        "routing",
+        sources=(ip_network("198.18.0.0/15"), ip_network("198.51.100.7/32")),
+        protocols=(89, 112),
+        action=FilterAction.SKIP,
+    )
+    web = FilterTerm(
+        "web",
+        destinations=(ip_network("198.18.10.0/24"),),
+        protocols=(6,),
+        destination_ports=((443, 443), (8000, 8080)),
+    )
+    inet = ServiceFilter("keep-out", 4, (routing, web))
+    inet6 = ServiceFilter(
+        "keep-out", 6, (FilterTerm("bgp", protocols=(6,), source_ports=(BGP,), action=FilterAction.SKIP),)
+    )
+    assert config.service_filters == (BYPASS_BGP, inet, inet6)
+    service_set = config.vpn("lan").service_set
+    assert service_set is not None
+    assert service_set.service_filter(Direction.INPUT, 4) == BYPASS_BGP
+    assert service_set.service_filter(Direction.INPUT, 6) == inet6
+    assert load_member(render_curly(parse(TEXT, MEMBER)) + FILTERS) == config

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from groupvpn.config.errors import ConfigError
-from groupvpn.config.model import load, load_member
-from groupvpn.config.values import DfBit, Direction
+from groupvpn.config.junos import parse, render_set
+from groupvpn.config.model import FilterTerm, ServiceFilter, load, load_member
+from groupvpn.config.schema import MEMBER
+from groupvpn.config.values import DfBit, Direction, FilterAction
 from groupvpn.wire.numbers import DhGroup, EncryptionAlgorithm, HashAlgorithm
 
 SEED = Path(__file__).parent / "fixtures" / "seed"
@@ -42,6 +44,25 @@ PLACEHOLDERS = {
 }
 
 
+# The service-filter sample names a filter it does not show: this one keeps OSPF out of the VPN.
+FILTER = """firewall {
+    family inet {
+        service-filter filter-name {
+            term ospf {
+                from {
+                    protocol ospf;
+                }
+                then skip;
+            }
+            term rest {
+                then service;
+            }
+        }
+    }
+}
+"""
+
+
 def complete(text: str, key: str = KEY) -> str:
     for placeholder, value in PLACEHOLDERS.items():
         text = text.replace(placeholder, value)
@@ -56,11 +77,12 @@ def absolute(path: Path) -> str:
 
 
 def curly(key: str = KEY) -> str:
-    return complete("".join(absolute(SEED / f"{name}.conf") for name in CURLY), key)
+    return complete("".join(absolute(SEED / f"{name}.conf") for name in CURLY) + FILTER, key)
 
 
 def set_form() -> str:
-    return complete("".join((SEED / f"{name.removesuffix('.fixed')}.set").read_text() for name in CURLY))
+    samples = "".join((SEED / f"{name.removesuffix('.fixed')}.set").read_text() for name in CURLY)
+    return complete(samples + render_set(parse(FILTER, MEMBER)))
 
 
 def test_the_completed_samples_are_one_valid_member():
@@ -101,9 +123,12 @@ def test_the_completed_samples_are_one_valid_member():
     assert (service_set.name, service_set.service_interface) == ("service-set-name", "service-interface-name")
     (unit,) = config.interfaces
     assert (unit.interface, unit.unit, unit.addresses) == ("interface-name", 0, (ip_interface("10.0.30.2/30"),))
+    ospf = FilterTerm("ospf", protocols=(89,), action=FilterAction.SKIP)
+    service_filter = ServiceFilter("filter-name", 4, (ospf, FilterTerm("rest")))
+    assert config.service_filters == (service_filter,)
     assert [(a.unit, a.direction, a.service_filter) for a in service_set.attachments] == [
-        (unit, Direction.INPUT, "filter-name"),
-        (unit, Direction.OUTPUT, "filter-name"),
+        (unit, Direction.INPUT, service_filter),
+        (unit, Direction.OUTPUT, service_filter),
     ]
 
 

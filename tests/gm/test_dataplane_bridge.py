@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from member_lab import KS1, Lab, gateway, key_server, vpn
 
-from groupvpn.config.model import load_member
+from groupvpn.config.model import ServiceFilter, load_member
 from groupvpn.config.values import DfBit, Direction
 from groupvpn.dataplane import DropCounters
 from groupvpn.dataplane.esp_path import Decapsulator, DfMode, Encapsulator, EspSa
@@ -75,7 +75,8 @@ def test_the_seed_configuration_becomes_traffic_settings():
     (rule,) = traffic.fail_open
     assert (rule.source, rule.destination) == (ip_network("198.18.100.0/24"), ip_network("198.18.0.123/32"))
     assert traffic.unmodelled_filters == ()
-    filtered = replace(traffic, attachments=tuple(replace(a, service_filter="bgp") for a in traffic.attachments))
+    bgp = ServiceFilter("bgp", 4)
+    filtered = replace(traffic, attachments=tuple(replace(a, service_filter=bgp) for a in traffic.attachments))
     assert filtered.unmodelled_filters == ("bgp",)
 
 

@@ -25,7 +25,17 @@ Defaults and ranges (Junos's where Junos states one; seconds unless said):
 * service set: exactly one ``ipsec-group-vpn``, and a VPN in at most one
   service set; interfaces are Linux interface names, units 0..16384,
   service sets apply under ``family inet`` or ``inet6`` (both: once), whose
-  addresses are IPv4 or IPv6 address/length.
+  addresses are IPv4 or IPv6 address/length.  A ``service-filter`` named
+  where a service set is applied is one of that family's; a service set
+  applies one filter (or none) per direction and family, since the
+  steering selects by input interface and cannot tell the interfaces of
+  one direction apart (``gm/dataplane_bridge``).
+* service filter: at most 32 terms (each takes one rule preference),
+  each ``service`` (the default) or ``skip``; prefixes of the filter's
+  family, no ``except``; ``protocol`` (inet) or ``next-header`` (inet6)
+  names or 1..255; ports 1..65534 or ``low-high`` or a name, and only with
+  protocols that have ports (ip rules would read ESP's SPI as ports);
+  a term matches at most 64 combinations of its lists (one ip rule each).
 * key server: its one address is ``listen-address`` or else the groups'
   ``server-address``; every ``server-address`` and gateway ``local-address``
   must equal it.  ``port`` default 848; ``state-file`` (an absolute path)
@@ -59,14 +69,17 @@ Defaults and ranges (Junos's where Junos states one; seconds unless said):
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 from ..crypto.suites import EspSuite, esp_suite
+from ..dataplane.spd import MAX_FILTER_TERMS, PORT_PROTOCOLS
 from ..gdoi.policy import (
     MAX_LIFETIME,
     MIN_LIFETIME,
@@ -90,22 +103,26 @@ from .values import (
     IKE_HASHES,
     KEK_CIPHERS,
     MAX_UINT32,
+    PROTOCOLS,
     SIG_HASHES,
     AckMode,
     Address,
     CommunicationType,
     DfBit,
     Direction,
+    FilterAction,
     InterfaceAddress,
     Prefix,
     absolute_path,
     address,
+    filter_protocol,
     inet6_address,
     inet_address,
     instance_name,
     integer,
     interface_name,
     port,
+    port_range,
     prefix,
     protocol,
     service_port,
@@ -118,6 +135,8 @@ DEFAULT_REKEY_PERCENTAGE = 10
 MAX_SERVERS = 4
 MAX_FAIL_OPEN_RULES = 10
 MAX_UNIT = 16384
+MAX_TERM_SELECTORS = 64
+FAMILIES = {"inet": 4, "inet6": 6}  # firewall and interface families, by IP version
 _JUNOS_OBFUSCATED = "$9$"
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
 
@@ -190,13 +209,38 @@ class InterfaceUnit:
     addresses: tuple[InterfaceAddress, ...] = ()
 
 
+PortRange = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class FilterTerm:
+    """One term of a service filter: a packet matching every non-empty list (any entry of each) gets ``action``."""
+
+    name: str
+    sources: tuple[Prefix, ...] = ()
+    destinations: tuple[Prefix, ...] = ()
+    protocols: tuple[int, ...] = ()
+    source_ports: tuple[PortRange, ...] = ()
+    destination_ports: tuple[PortRange, ...] = ()
+    action: FilterAction = FilterAction.SERVICE
+
+
+@dataclass(frozen=True)
+class ServiceFilter:
+    """``firewall family inet|inet6 service-filter``: terms in order, the first match decides, no match skips."""
+
+    name: str
+    family: int  # IP version: 4 (family inet) or 6 (inet6)
+    terms: tuple[FilterTerm, ...] = ()
+
+
 @dataclass(frozen=True)
 class ServiceAttachment:
-    """A service set applied to the traffic entering or leaving an interface unit."""
+    """A service set applied to the traffic entering or leaving an interface unit, through a service filter or not."""
 
     unit: InterfaceUnit
     direction: Direction
-    service_filter: str | None = None
+    service_filter: ServiceFilter | None = None
 
 
 @dataclass(frozen=True)
@@ -207,6 +251,11 @@ class ServiceSet:
     vpn: str
     attachments: tuple[ServiceAttachment, ...] = ()
     service_interface: str | None = None
+
+    def service_filter(self, direction: Direction, family: int) -> ServiceFilter | None:
+        """The filter applied to ``family`` traffic in ``direction`` (loading checks there is at most one)."""
+        filters = (a.service_filter for a in self.attachments if a.direction is direction)
+        return next((f for f in filters if f is not None and f.family == family), None)
 
 
 @dataclass(frozen=True)
@@ -227,6 +276,7 @@ class MemberConfig:
     vpns: tuple[MemberVpn, ...]
     service_sets: tuple[ServiceSet, ...] = ()
     interfaces: tuple[InterfaceUnit, ...] = ()
+    service_filters: tuple[ServiceFilter, ...] = ()
 
     def vpn(self, name: str) -> MemberVpn:
         return next(vpn for vpn in self.vpns if vpn.name == name)
@@ -557,11 +607,13 @@ def _member(checker: _Checker, tree: Node) -> MemberConfig | None:
     if not vpn_nodes:
         checker.report(member, "no group VPN configured (security group-vpn member ipsec vpn NAME)")
     units = _interfaces(checker, tree.child("interfaces"))
-    service_sets = _service_sets(checker, tree.child("services"), vpn_nodes, units)
+    filters = _service_filters(checker, tree.child("firewall"))
+    service_sets = _service_sets(checker, tree.child("services"), vpn_nodes, units, filters)
     by_vpn = {service_set.vpn: service_set for service_set in service_sets}
     groups: dict[int, str] = {}
     vpns = _valid(_member_vpn(checker, node, gateways, groups, by_vpn.get(node.value)) for node in vpn_nodes)
-    return MemberConfig(vpns, service_sets, tuple(unit for unit, _ in units))
+    defined = _valid(f for family in filters.values() for f in family.values())
+    return MemberConfig(vpns, service_sets, tuple(unit for unit, _ in units), defined)
 
 
 def _member_gateway(checker: _Checker, node: Node, policies: Mapping[str, IkePolicy | None]) -> MemberGateway | None:
@@ -632,6 +684,7 @@ def _fail_open(checker: _Checker, node: Node | None, label: str) -> tuple[FailOp
 
 
 _FAMILY_ADDRESSES = {"inet": inet_address, "inet6": inet6_address}
+Filters = Mapping[str, Mapping[str, ServiceFilter | None]]  # by family keyword, then name
 
 
 def _interfaces(checker: _Checker, interfaces: Node | None) -> tuple[tuple[InterfaceUnit, tuple[Node, ...]], ...]:
@@ -660,24 +713,27 @@ def _service_sets(
     services: Node | None,
     vpns: tuple[Node, ...],
     units: tuple[tuple[InterfaceUnit, tuple[Node, ...]], ...],
+    filters: Filters,
 ) -> tuple[ServiceSet, ...]:
-    """Service sets with their VPN checked and the interface units they are applied to."""
+    """Service sets with their VPN checked and the interface units they are applied to, through their filters."""
     nodes = () if services is None else services.children_named("service-set")
     defined = {node.value: node for node in nodes}
     vpn_names = {node.value: node.value for node in vpns}
     attachments: dict[str, list[ServiceAttachment]] = {name: [] for name in defined}
+    chosen: _Chosen = {}
     for unit, families in units:
         for family in families:
             for direction in Direction:
                 way = _descend(family, "service", direction.value)
                 for applied in () if way is None else way.children_named("service-set"):
-                    if checker.reference(applied, 0, defined, "service-set") is not None:
-                        service_filter = applied.child("service-filter")
-                        attachment = ServiceAttachment(
-                            unit, direction, None if service_filter is None else service_filter.value
-                        )
-                        if attachment not in attachments[applied.value]:  # applied in both families
-                            attachments[applied.value].append(attachment)
+                    if checker.reference(applied, 0, defined, "service-set") is None:
+                        continue
+                    service_filter = _attached_filter(
+                        checker, applied, (unit, family.value, direction), filters, chosen
+                    )
+                    attachment = ServiceAttachment(unit, direction, service_filter)
+                    if attachment not in attachments[applied.value]:  # applied in both families without filters
+                        attachments[applied.value].append(attachment)
     sets = []
     owners: dict[str, str] = {}
     for node in nodes:
@@ -974,3 +1030,149 @@ def _match_policy(checker: _Checker, node: Node, label: str) -> MatchPolicy | No
         return None
     selector = TrafficSelector(number, Endpoint(source, ports[0]), Endpoint(destination, ports[1]))
     return MatchPolicy(node.value, selector, action)
+
+
+# -- service filters ------------------------------------------------------------------
+
+
+# (service set, direction, family) -> (the filter it has there, or None; the interface it was first seen on)
+_Chosen = dict[tuple[str, Direction, str], tuple[str | None, str]]
+
+
+def _attached_filter(
+    checker: _Checker,
+    applied: Node,
+    where: tuple[InterfaceUnit, str, Direction],
+    filters: Filters,
+    chosen: _Chosen,
+) -> ServiceFilter | None:
+    """The filter of ``service-set NAME [service-filter F]`` applied at ``where``, the same as elsewhere there."""
+    unit, family, direction = where
+    named = applied.child("service-filter")
+    name = None if named is None else named.value
+    own = filters.get(family, {})
+    if named is not None and name not in own:
+        others = [other for other, defined in filters.items() if other != family and name in defined]
+        hint = f"; '{name}' is a family {others[0]} service-filter" if others else ""
+        checker.report(
+            named, f"undefined {family} service-filter '{name}' (defined: {', '.join(own) or 'none'}){hint}", 0
+        )
+        return None
+    first, seen = chosen.setdefault((applied.value, direction, family), (name, unit.interface))
+    if first != name:
+        has = "no service-filter" if name is None else f"service-filter {name}"
+        message = (
+            f"service-set {applied.value} has {has} in the {direction.value} direction of family {family} on "
+            f"{unit.interface}, but {first or 'none'} on {seen}; one filter applies per direction and family "
+            "(the steering cannot tell the interfaces of a direction apart)"
+        )
+        checker.report(named or applied, message, None if named is None else 0)
+    return None if name is None else own[name]
+
+
+def _service_filters(checker: _Checker, firewall: Node | None) -> dict[str, dict[str, ServiceFilter | None]]:
+    """Every ``firewall family F service-filter NAME``, by family keyword and name (None for an invalid one)."""
+    found = {}
+    for family in () if firewall is None else firewall.children_named("family"):
+        build = partial(_service_filter, family=family.value)
+        found[family.value] = _named(checker, family, "service-filter", build)
+    return found
+
+
+def _service_filter(checker: _Checker, node: Node, *, family: str) -> ServiceFilter | None:
+    label = f"{family} service-filter {node.value}"
+    mark = checker.mark()
+    terms = node.children_named("term")
+    if len(terms) > MAX_FILTER_TERMS:
+        message = f"{len(terms)} terms in {label}; at most {MAX_FILTER_TERMS} are allowed (one rule preference each)"
+        checker.report(terms[MAX_FILTER_TERMS], message)
+    built = tuple(_filter_term(checker, term, FAMILIES[family], f"term {term.value} of {label}") for term in terms)
+    if not checker.clean(mark):
+        return None
+    return ServiceFilter(node.value, FAMILIES[family], _valid(built))
+
+
+def _filter_term(checker: _Checker, node: Node, version: int, label: str) -> FilterTerm | None:
+    mark = checker.mark()
+    conditions = node.child("from")
+    sources, destinations = (
+        _filter_prefixes(checker, conditions, f"{end}-address", version, label) for end in ("source", "destination")
+    )
+    protocols = _filter_protocols(checker, conditions, version, label)
+    source_ports, destination_ports = (
+        _filter_ports(checker, conditions, f"{end}-port", protocols, label) for end in ("source", "destination")
+    )
+    lists = (sources, destinations, protocols, source_ports, destination_ports)
+    combinations = math.prod(max(1, len(values)) for values in lists)
+    if combinations > MAX_TERM_SELECTORS:
+        message = f"{label} matches {combinations} combinations of addresses, protocols and ports"
+        checker.report(node, f"{message}; at most {MAX_TERM_SELECTORS} (one ip rule each): split it into terms")
+    then = node.child("then")
+    actions = () if then is None else then.children
+    if len(actions) > 1:
+        checker.report(actions[1], f"{label} is both 'service' and 'skip'; give one of them")
+    if not checker.clean(mark):
+        return None
+    action = FilterAction(actions[0].keyword) if actions else FilterAction.SERVICE
+    return FilterTerm(node.value, sources, destinations, protocols, source_ports, destination_ports, action)
+
+
+def _filter_prefixes(
+    checker: _Checker, conditions: Node | None, keyword: str, version: int, label: str
+) -> tuple[Prefix, ...]:
+    """The prefixes of ``source-address`` or ``destination-address`` (each written as a statement)."""
+    listed = None if conditions is None else conditions.child(keyword)
+    prefixes = []
+    for entry in () if listed is None else listed.children:
+        excluded = entry.child("except")
+        if excluded is not None:
+            message = f"'except' in {keyword} of {label} is not supported: ip rules cannot exclude a prefix"
+            checker.report(excluded, f"{message}; put a term for it before this one instead")
+            continue
+        try:
+            value = prefix(entry.keyword)
+        except ValueError as error:
+            checker.report(entry, f"invalid value '{entry.keyword}' for '{keyword}' ({error})")
+            continue
+        if value.version != version:
+            checker.report(entry, f"'{entry.keyword}' is IPv{value.version} but {label} is IPv{version}")
+            continue
+        prefixes.append(value)
+    return tuple(dict.fromkeys(prefixes))
+
+
+def _filter_protocols(checker: _Checker, conditions: Node | None, version: int, label: str) -> tuple[int, ...]:
+    """``protocol`` (family inet) or ``next-header`` (inet6), as Junos names them."""
+    keyword, other = ("protocol", "next-header") if version == 4 else ("next-header", "protocol")
+    misplaced = None if conditions is None else conditions.child(other)
+    if misplaced is not None:
+        checker.report(misplaced, f"{label} is IPv{version}: its terms match '{keyword}', not '{other}'")
+    listed = None if conditions is None else conditions.child(keyword)
+    if listed is None:
+        return ()
+    return _distinct(checker, listed, filter_protocol)
+
+
+_PORT_PROTOCOL_NAMES = ", ".join(
+    next(
+        (name for name, number in PROTOCOLS.items() if number == protocol), f"{int(protocol)} ({protocol.name.lower()})"
+    )
+    for protocol in sorted(PORT_PROTOCOLS)
+)
+
+
+def _filter_ports(
+    checker: _Checker, conditions: Node | None, keyword: str, protocols: tuple[int, ...], label: str
+) -> tuple[PortRange, ...]:
+    listed = None if conditions is None else conditions.child(keyword)
+    if listed is None:
+        return ()
+    if not protocols or not set(protocols) <= PORT_PROTOCOLS:
+        message = f"'{keyword}' in {label} needs protocols that have ports, and only those ({_PORT_PROTOCOL_NAMES})"
+        checker.report(listed, f"{message}: ip rules read other protocols' first octets as ports (ESP's SPI)")
+    return _distinct(checker, listed, port_range)
+
+
+def _distinct(checker: _Checker, listed: Node, parse: Callable[[str], T]) -> tuple[T, ...]:
+    """A list's valid values, each once (names and numbers may say the same)."""
+    return tuple(dict.fromkeys(_valid(checker.parse(listed, parse, i) for i in range(len(listed.values)))))

@@ -2,11 +2,19 @@
 
 ``MEMBER`` follows the MX Group VPNv2 member (``security group-vpn
 member``, plus the ``services service-set`` and ``interfaces ... family
-inet service`` statements that attach it to traffic); ``SERVER`` follows
+inet service`` statements that attach it to traffic, and the ``firewall
+family inet|inet6 service-filter`` terms that keep traffic out of it);
+``SERVER`` follows
 the SRX group VPN key server (``security group-vpn server``).  Choices
 are the Junos spellings; mapping them to registry numbers and checking
 numbers, addresses and references between statements is the typed
 model's job (``model.py``, which also states the defaults).
+
+Service filter terms match what Linux ``ip rule`` can select (so the
+steering is exact): ``source-address`` and ``destination-address``
+prefix lists, ``protocol`` (``next-header`` in family inet6),
+``source-port`` and ``destination-port``; ``then`` is ``service`` or
+``skip``.  ``except`` is read only to be refused with a reason.
 
 Project extensions, for what a Junos device configures elsewhere or not at all:
 
@@ -48,6 +56,7 @@ from .values import (
     CommunicationType,
     DfBit,
     Direction,
+    FilterAction,
     choices,
 )
 
@@ -117,6 +126,32 @@ INTERFACES = container(
     ),
 )
 
+FIREWALL = container(
+    "firewall",
+    named(
+        "family",
+        named(
+            "service-filter",
+            named(
+                "term",
+                container(
+                    "from",
+                    *(
+                        container(f"{end}-address", wildcard("prefix", flag("except")))
+                        for end in ("source", "destination")
+                    ),
+                    leaf_list("protocol"),
+                    leaf_list("next-header"),
+                    leaf_list("source-port"),
+                    leaf_list("destination-port"),
+                ),
+                container("then", *(flag(action) for action in choices(FilterAction))),
+            ),
+        ),
+        choices=("inet", "inet6"),
+    ),
+)
+
 SERVER_BLOCK = container(
     "server",
     leaf("listen-address", options=(leaf("routing-instance"),)),
@@ -183,7 +218,7 @@ def _group_vpn(*blocks: Statement) -> Statement:
     return container("security", container("group-vpn", *blocks))
 
 
-MEMBER: Statement = schema(_group_vpn(MEMBER_BLOCK), SERVICES, INTERFACES)
+MEMBER: Statement = schema(_group_vpn(MEMBER_BLOCK), SERVICES, INTERFACES, FIREWALL)
 SERVER: Statement = schema(_group_vpn(SERVER_BLOCK))
 # Both daemons' statements: a file is read with this only to tell which daemon it configures.
-EITHER: Statement = schema(_group_vpn(MEMBER_BLOCK, SERVER_BLOCK), SERVICES, INTERFACES)
+EITHER: Statement = schema(_group_vpn(MEMBER_BLOCK, SERVER_BLOCK), SERVICES, INTERFACES, FIREWALL)

@@ -123,6 +123,13 @@ class CommunicationType(Enum):
     MULTICAST = "multicast"
 
 
+class FilterAction(Enum):
+    """A service filter term's terminating action: the service set processes the packet, or it bypasses it."""
+
+    SERVICE = "service"
+    SKIP = "skip"
+
+
 class AckMode(Enum):
     """Whether pushes ask for RFC 8263 acknowledgements, in the registered class 9 or legacy 129."""
 
@@ -156,6 +163,36 @@ PROTOCOLS = {
     "vrrp": 112,
     "sctp": 132,
 }
+
+
+# Port numbers by the names Junos accepts in firewall terms, for the control protocols a bypass is for.
+PORTS = {
+    "bgp": 179,
+    "bootpc": 68,
+    "bootps": 67,
+    "dhcp": 67,
+    "domain": 53,
+    "ftp": 21,
+    "ftp-data": 20,
+    "http": 80,
+    "https": 443,
+    "ldap": 389,
+    "ldp": 646,
+    "msdp": 639,
+    "ntp": 123,
+    "radacct": 1813,
+    "radius": 1812,
+    "rip": 520,
+    "snmp": 161,
+    "snmptrap": 162,
+    "ssh": 22,
+    "syslog": 514,
+    "tacacs": 49,
+    "telnet": 23,
+    "tftp": 69,
+}
+# Linux ip rules refuse port 0 (it means "no port range") and ranges reaching 65535.
+RULE_PORTS = (1, 0xFFFE)
 
 
 def integer(low: int, high: int) -> Callable[[str], int]:
@@ -247,3 +284,32 @@ def protocol(text: str) -> int:
         return integer(0, 255)(text)
     except ValueError:
         raise ValueError(f"expected a protocol number from 0 to 255 or one of: {', '.join(PROTOCOLS)}") from None
+
+
+def filter_protocol(text: str) -> int:
+    """A firewall term's protocol: a name (``ospf``) or a number from 1 to 255 (0 would mean any to ip rules)."""
+    if text in PROTOCOLS:
+        return PROTOCOLS[text]
+    try:
+        return integer(1, 255)(text)
+    except ValueError:
+        raise ValueError(f"expected a protocol number from 1 to 255 or one of: {', '.join(PROTOCOLS)}") from None
+
+
+def port_range(text: str) -> tuple[int, int]:
+    """A firewall term's port: a number, ``low-high``, or a name (``bgp``), within what ip rules match."""
+    if text in PORTS:
+        return PORTS[text], PORTS[text]
+    number = integer(*RULE_PORTS)
+    low_text, dash, high_text = text.partition("-")
+    try:
+        low = number(low_text)
+        high = number(high_text) if dash else low
+    except ValueError:
+        low = high = -1
+    if not 0 < low <= high:
+        raise ValueError(
+            f"expected a port from {RULE_PORTS[0]} to {RULE_PORTS[1]}, a range 'low-high' of them, or one of: "
+            f"{', '.join(PORTS)} (Linux ip rules cannot match port 0 or 65535)"
+        )
+    return low, high

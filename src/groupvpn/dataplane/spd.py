@@ -42,6 +42,7 @@ Prefix = IPv4Network | IPv6Network
 Flow = tuple[bytes, bytes, int, int, int]
 
 MAX_FAIL_OPEN_RULES = 10  # per VPN (seed, "Partial Fail-Open")
+MAX_FILTER_TERMS = 32  # per service filter: the steering gives each term a rule preference of its own
 ANY_PORT = (0, 0xFFFF)
 PORT_PROTOCOLS = frozenset({IpProtocol.TCP, IpProtocol.UDP, IpProtocol.DCCP, IpProtocol.SCTP, IpProtocol.UDP_LITE})
 _V6_OPTION_HEADERS = frozenset({IPV6_HOP_BY_HOP, IpProtocol.IPV6_ROUTING, IpProtocol.IPV6_DESTINATION_OPTIONS})

@@ -81,8 +81,8 @@ class TrafficSettings:
 
     @property
     def unmodelled_filters(self) -> tuple[str, ...]:
-        """Service filters named on the attachments; nothing defines their terms, so they bypass nothing."""
-        return tuple(dict.fromkeys(a.service_filter for a in self.attachments if a.service_filter is not None))
+        """Service filters named on the attachments; the steering does not apply them yet, so they bypass nothing."""
+        return tuple(dict.fromkeys(a.service_filter.name for a in self.attachments if a.service_filter is not None))
 
 
 @dataclass(frozen=True, slots=True)
