@@ -335,14 +335,18 @@ def test_fail_open_only_while_no_key_server_answers_and_the_data_plane_follows_i
     changes = delta(group.settled(1), before)
     assert changes == {"encrypted_packets": 2, "decrypted_packets": 2, "clear_packets": 0, "no_policy": 0}
 
-    # gm2's WAN interface goes down: its data plane stops (TUNs and steering gone); up again, it comes back.
+    # gm2's WAN interface goes down: its data plane stops (TUNs gone, the steering stays and drops the LAN's
+    # traffic); up again, it comes back.
     gm2 = group.lab.gm(2)
     subprocess.run(["ip", "-n", gm2, "link", "set", "wan", "down"], check=True, timeout=10)
-    stopped = lambda: group.statistics(2)["data_plane"] == "stopped: its interfaces are down"  # noqa: E731
-    wait_for(stopped, timeout=20, what="gm2's data plane to stop")
-    links = subprocess.run(["ip", "-n", gm2, "-o", "link", "show"], capture_output=True, text=True, timeout=10)
-    rules = subprocess.run(["ip", "-n", gm2, "rule", "show"], capture_output=True, text=True, timeout=10)
-    assert "gvpn0" not in links.stdout and "proto 71" not in rules.stdout, (links.stdout, rules.stdout)
+    down = "stopped: its interfaces are down; service-set traffic dropped"
+    wait_for(lambda: group.statistics(2)["data_plane"] == down, timeout=20, what="gm2's data plane to stop")
+    links, rules, table = (
+        subprocess.run(["ip", "-n", gm2, *show], capture_output=True, text=True, timeout=10).stdout
+        for show in (("-o", "link", "show"), ("rule", "show"), ("route", "show", "table", "7100"))
+    )
+    assert "gvpn0" not in links and "iif lan lookup 7100 proto 71" in rules, (links, rules)
+    assert table.split() == "blackhole default proto 71 metric 4294967295".split(), table
     subprocess.run(["ip", "-n", gm2, "link", "set", "wan", "up"], check=True, timeout=10)
     router = str(group.lab.member_wan(2).network.network_address + 1)  # the kernel dropped the route with the link
     subprocess.run(["ip", "-n", gm2, "route", "add", str(LAB_NET), "via", router], check=True, timeout=10)

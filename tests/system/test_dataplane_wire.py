@@ -63,7 +63,7 @@ def start(group: GroupLab, window: str = f"anti-replay-time-window {WINDOW};", m
     for n in group.lab.numbers:
         running = lambda n=n: group.statistics(n)["data_plane"].startswith("running")  # noqa: E731
         wait_for(running, timeout=30, what=f"gm{n}'s data plane")
-    # A member forwards in clear until its data plane is up with its policy: wait for encryption.
+    # A member drops the group's traffic until its data plane runs with its policy: wait for encryption.
     for n in group.lab.numbers:
         destination = group.host(n % len(group.lab.numbers) + 1)
         through = lambda n=n, d=destination: group.ping(n, d) and group.statistics(n)["encrypted_packets"]  # noqa: E731

@@ -10,10 +10,11 @@ its reason), server switch and clearing of SAs becomes one log line, as
 does each push applied or dropped (with why), SA activated or
 deactivated, pull rekey started and removal from a group; keys and
 pre-shared keys never do.  ``MemberDataplanes`` runs each VPN's data
-plane from that database (unless ``--no-dataplane``).  While a held KEK
-names a multicast group as its push destination, the core holding it
-also reads a socket joined to that group (``runtime.multicast``); the
-join and the leave are logged.
+plane from that database (unless ``--no-dataplane``), behind a guard that
+drops the VPN's traffic from before its core registers until after the
+daemon exits.  While a held KEK names a multicast group as its push
+destination, the core holding it also reads a socket joined to that group
+(``runtime.multicast``); the join and the leave are logged.
 """
 
 from __future__ import annotations
@@ -174,7 +175,11 @@ class MemberDaemon:
     # -- configuration ----------------------------------------------------------------------
 
     async def _apply(self, config: Mapping[Binding, tuple[VpnSettings, ...]]) -> None:
-        """Run exactly the cores ``config`` asks for; existing ones are reconfigured in place."""
+        """Run exactly the cores ``config`` asks for; existing ones are reconfigured in place.
+
+        The VPNs' guards come first: their traffic is dropped before any core registers.
+        """
+        await self.dataplanes.configure(vpn for vpns in config.values() for vpn in vpns)
         for binding in [b for b in self._sockets if b not in config]:
             self._sockets[binding].driver.step(partial(self._sockets[binding].member.reconfigure, ()))
             await self._drop(binding)
@@ -195,7 +200,6 @@ class MemberDaemon:
             for vpn in vpns:
                 if not vpn.interfaces:
                     log.warning("vpn %s: its service set is applied to no interface, so it does not register", vpn.name)
-        self.dataplanes.configure(vpn for vpns in config.values() for vpn in vpns)
 
     async def _open(self, binding: Binding, vpns: tuple[VpnSettings, ...]) -> _Socket:
         routing_instance, address = binding
@@ -304,7 +308,10 @@ class MemberDaemon:
     # -- shutdown ---------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Delete the IKE SAs (telling the key servers), close sockets and watchers, stop the data planes."""
+        """Delete the IKE SAs (telling the key servers), close sockets and watchers, stop the data planes.
+
+        The guards stay: the service sets' traffic is dropped until a member runs again.
+        """
         for running in self._sockets.values():
             running.driver.step(running.member.close)
         for binding in list(self._sockets):

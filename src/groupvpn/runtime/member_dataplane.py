@@ -1,25 +1,40 @@
-"""The member daemon's data planes: one per VPN, started with its interfaces and fed from the SA database.
+"""The member daemon's data planes: one per VPN, behind a guard that drops its traffic while none runs.
+
+Every configured VPN first gets its steering's guard (``steering``: the
+rules that steer its service set's traffic and the blackholes they lead
+to), before the daemon's cores register; a data plane only connects its
+TUNs to it.  The guard stays while the VPN is configured, so its traffic
+is dropped, never sent in clear, while its data plane starts, stops and
+restarts, after its workers died, and after the daemon exits (cleanly or
+not: a production router drops a service set's traffic while its IPsec
+process is down).  It goes with the VPN: removed from the configuration
+or its service set no longer applied, the VPN's traffic is routed as it
+comes, as on a router whose service set was deleted.  When the daemon
+first configures a namespace it keeps its VPNs' guards (a predecessor's
+are adopted) and removes the others there (``remove_leftovers``).  With
+``--no-dataplane`` nothing is steered.
 
 A VPN has a ``Dataplane`` while one of the interfaces its service set is
 applied to is up (exactly when it registers), in its gateway's routing
 instance.  The daemon pokes ``MemberDataplanes`` after every event of its
 cores, every link change and every reload; a poke reconciles: data planes
-no longer wanted are stopped, wanted ones are started, and each running
-one gets a new ``PolicyState`` when its group's snapshot or fail-open
-state says something else than the last one did.  A timer at the
-snapshot's ``valid_until`` covers what changes without an event (the
-encryption handover, expiry).
+no longer wanted are stopped, guards installed, changed or removed, wanted
+data planes started, and each running one gets a new ``PolicyState`` when
+its group's snapshot or fail-open state says something else than the last
+one did.  A timer at the snapshot's ``valid_until`` covers what changes
+without an event (the encryption handover, expiry).
 
 Starting and stopping block (worker processes, ``ip`` commands), so they
 run on a thread, one at a time, inside the one reconciling task; the event
-loop stays free.  A VPN whose data plane cannot start (no TUN device, no
-LAN interface, no forwarding...) is logged once with the reason and tried
-again when one of its interfaces changes or on reload; the control plane
-runs on regardless.
+loop stays free.  A VPN that cannot have a guard or a data plane (no TUN
+device, no LAN interface, no forwarding...) is logged once with the reason
+and tried again when one of its interfaces changes or on reload; the
+control plane runs on regardless.
 
 A data plane lives as long as its VPN's registration (a changed VPN and
 interfaces going down end both), so the workers' counter-mode IV counters
-never restart under the same Sender ID.
+never restart under the same Sender ID.  Its interfaces are those of the
+namespace when it starts (the guard follows them then).
 """
 
 from __future__ import annotations
@@ -33,9 +48,9 @@ from ipaddress import ip_address
 from typing import Any
 
 from ..dataplane.channel import ChannelError, PolicyState
-from ..dataplane.manager import Dataplane, DataplaneError
+from ..dataplane.manager import Dataplane, DataplaneDescription, DataplaneError
 from ..dataplane.namespace import in_namespace, read_sysctl
-from ..dataplane.steering import SteeringError, run_ip
+from ..dataplane.steering import NUMBERED_PLANS, Steering, SteeringError, SteeringPlan, remove_leftovers, run_ip
 from ..gm.dataplane_bridge import (
     DataplanePolicy,
     Interface,
@@ -50,8 +65,8 @@ from ..gm.sadb import SaDatabase, Snapshot
 
 log = logging.getLogger("groupvpn.member")
 
-MAX_DATAPLANES = 100  # SteeringPlan.numbered's VPN numbers
 _FAILURES = (NoDataplane, DataplaneError, SteeringError, ChannelError, OSError, ValueError)
+DROPPED = "service-set traffic dropped"
 
 
 @dataclass(frozen=True)
@@ -65,12 +80,19 @@ class DataplaneOptions:
 
 
 @dataclass
-class _Running:
+class _Vpn:
+    """A configured VPN's steering (its guard is installed) and its data plane while one runs."""
+
     settings: VpnSettings
     number: int
-    plane: Dataplane
-    state: PolicyState | None = None  # the last one handed over
-    stopping: str | None = None  # why, while it is being stopped
+    steering: Steering
+    plane: Dataplane | None = None
+    state: PolicyState | None = None  # the last one handed over to ``plane``
+    stopping: str | None = None  # why, while ``plane`` is being stopped
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
 
     @property
     def traffic(self) -> TrafficSettings:
@@ -87,7 +109,7 @@ LinkUp = Callable[[str | None, str], bool]  # (routing instance, interface) -> u
 
 
 class MemberDataplanes:
-    """The data planes of the daemon's VPNs; ``configure``, ``poke`` and ``close`` from the event loop."""
+    """The guards and data planes of the daemon's VPNs; ``configure``, ``poke`` and ``close`` from the event loop."""
 
     def __init__(
         self,
@@ -102,8 +124,10 @@ class MemberDataplanes:
         self._link_up = link_up
         self._loop = asyncio.get_running_loop()
         self._wanted: dict[str, VpnSettings] = {}
-        self._running: dict[str, _Running] = {}
-        self._failed: dict[str, str] = {}  # VPN -> why it has no data plane (until its links change or a reload)
+        self._vpns: dict[str, _Vpn] = {}  # the guarded ones
+        self._failed: dict[str, str] = {}  # VPN -> why it has no guard or data plane (until a link change or reload)
+        self._swept: set[str | None] = set()  # namespaces whose leftovers are removed
+        self._guarded: list[asyncio.Future[None]] = []  # configure calls waiting for the guards
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._not_before = 0.0  # a timer's deadline: snapshots are taken no earlier
@@ -112,13 +136,16 @@ class MemberDataplanes:
 
     # -- what the daemon calls ------------------------------------------------------------
 
-    def configure(self, vpns: Iterable[VpnSettings]) -> None:
-        """The VPNs from now on (a reload tries failed ones again)."""
+    async def configure(self, vpns: Iterable[VpnSettings]) -> None:
+        """The VPNs from now on (a reload tries failed ones again); returns once their guards are in place."""
         self._wanted = {vpn.name: vpn for vpn in vpns}
         self._failed.clear()
         if not self.options.enabled:
             log.info("data plane disabled (--no-dataplane): the member runs its control plane only")
+        guarded = self._loop.create_future()
+        self._guarded.append(guarded)
         self.poke()
+        await guarded
 
     def link_changed(self, namespace: str | None, name: str) -> None:
         for vpn in self._wanted.values():
@@ -131,9 +158,8 @@ class MemberDataplanes:
         self._wake.set()
 
     async def close(self) -> None:
-        """Stop every data plane (after whatever start or stop is under way)."""
+        """Stop every data plane (after whatever start or stop is under way); the guards stay."""
         self._closing = True
-        self._wanted = {}
         self.poke()
         await self._task
         if self._timer is not None:
@@ -146,22 +172,24 @@ class MemberDataplanes:
         """
         report: dict[str, dict[str, Any]] = {}
         for name, settings in self._wanted.items():
-            running = self._running.get(name)
-            if running is not None and running.stopping is not None:
-                report[name] = {"data_plane": f"stopping ({running.stopping})"}
-            elif running is not None:
-                counters = running.plane.counters()
+            vpn = self._vpns.get(name)
+            if vpn is not None and vpn.stopping is not None:
+                report[name] = {"data_plane": f"stopping ({vpn.stopping}); {DROPPED}"}
+            elif vpn is not None and vpn.plane is not None:
+                counters = vpn.plane.counters()
                 status = f"running ({counters['workers_running']} of {counters['workers']} workers)"
-                fail_open = running.state is not None and running.state.fail_open
+                fail_open = vpn.state is not None and vpn.state.fail_open
                 report[name] = {"data_plane": status, "fail_open": fail_open, **counters}
             elif not self.options.enabled:
                 report[name] = {"data_plane": "disabled (--no-dataplane)"}
-            elif name in self._failed:
-                report[name] = {"data_plane": f"not started: {self._failed[name]}"}
-            elif not self._up(settings):
-                report[name] = {"data_plane": "stopped: its interfaces are down"}
             else:
-                report[name] = {"data_plane": "starting"}
+                if name in self._failed:
+                    status = f"not started: {self._failed[name]}"
+                elif not self._up(settings):
+                    status = "stopped: its interfaces are down"
+                else:
+                    status = "starting"
+                report[name] = {"data_plane": status + (f"; {DROPPED}" if vpn is not None else "")}
         return report
 
     # -- reconciling ----------------------------------------------------------------------
@@ -170,94 +198,167 @@ class MemberDataplanes:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            waiting, self._guarded = self._guarded, []
             try:
-                await self._reconcile()
+                await self._reconcile(waiting)
             except Exception:  # the daemon must outlive a bug here; its traceback goes to the log
                 log.exception("data plane reconciliation failed")
-            if self._closing and not self._running:  # a pass begun before ``close`` may have started one
-                return
+            finally:
+                _release(waiting)
+            if self._closing and not any(vpn.plane for vpn in self._vpns.values()):
+                return  # a pass begun before ``close`` may have started one
 
-    async def _reconcile(self) -> None:
-        for name, running in list(self._running.items()):
-            wanted = self._wanted.get(name)
-            if wanted is None:
-                await self._stop(name, "member stopping" if self._closing else "removed from the configuration")
-            elif wanted != running.settings:
-                await self._stop(name, "configuration changed")
+    async def _reconcile(self, waiting: list[asyncio.Future[None]]) -> None:
+        for vpn in [vpn for vpn in self._vpns.values() if vpn.plane is not None]:
+            wanted = self._wanted.get(vpn.name)
+            if self._closing:
+                await self._stop(vpn, "member stopping")
+            elif wanted is None:
+                await self._stop(vpn, "removed from the configuration")
+            elif wanted != vpn.settings:
+                await self._stop(vpn, "configuration changed")
             elif not self._up(wanted):
-                await self._stop(name, "interfaces down")
-        for name, settings in self._wanted.items():
-            if name not in self._running and name not in self._failed and self.options.enabled and self._up(settings):
-                await self._start(settings)
+                await self._stop(vpn, "interfaces down")
+        if self._closing:
+            return
+        await self._guard()
+        _release(waiting)
+        for vpn in list(self._vpns.values()):
+            if vpn.plane is None and vpn.name not in self._failed and self._up(vpn.settings):
+                await self._start(vpn)
         self._update()
 
     def _up(self, settings: VpnSettings) -> bool:
         return any(self._link_up(settings.gateway.routing_instance, name) for name in settings.interfaces)
 
-    async def _start(self, settings: VpnSettings) -> None:
+    # -- guards ---------------------------------------------------------------------------
+
+    async def _guard(self) -> None:
+        """Each wanted VPN guarded as its settings say, the others' guards removed, leftovers swept once."""
+        wanted = self._wanted if self.options.enabled else {}
+        for vpn in [vpn for name, vpn in self._vpns.items() if name not in wanted]:
+            await self._unguard(vpn, "removed from the configuration")
+        for name, settings in wanted.items():
+            vpn = self._vpns.get(name)
+            if name in self._failed or (vpn is not None and vpn.settings == settings):
+                continue
+            try:
+                await self._steer(settings, vpn)
+            except _FAILURES as problem:
+                self._failed[name] = str(problem)
+                log.warning("vpn %s: no data plane (%s); the control plane runs without it", name, problem)
+                if vpn is not None:
+                    await self._unguard(vpn, "its new configuration has none")
+        for namespace in {settings.gateway.routing_instance for settings in wanted.values()} - self._swept:
+            self._swept.add(namespace)
+            kept = [vpn.steering.plan for vpn in self._vpns.values() if vpn.steering.namespace == namespace]
+            try:
+                swept = await self._loop.run_in_executor(None, remove_leftovers, namespace, kept)
+            except (SteeringError, OSError, ValueError) as problem:
+                where = _in(namespace)
+                log.error("the steering a previous member left%s cannot be read or removed: %s", where, problem)
+                continue
+            if swept:
+                log.warning("removed the steering a previous member left%s: %s", _in(namespace), ", ".join(swept))
+
+    async def _steer(self, settings: VpnSettings, vpn: _Vpn | None) -> None:
+        """Guard ``settings``' VPN: a new steering, or ``vpn``'s (its previous settings) changed in place."""
         namespace = settings.gateway.routing_instance
-        try:
-            interfaces, ipv6 = await self._loop.run_in_executor(None, read_interfaces, namespace)
-            number = self._free_number()
-            description = describe(number, _traffic(settings), settings.gateway, interfaces, ipv6)
-            description = replace(description, pin_workers=self.options.pin_workers)
-            self._check_unshared(settings, description.steering.lan + description.steering.wan)
-            running = _Running(settings, number, Dataplane(namespace, description, self.options.workers))
-            self._hand_over(running, self._snapshot())
-            await self._loop.run_in_executor(None, running.plane.start)
-        except _FAILURES as problem:
-            self._failed[settings.name] = str(problem)
-            log.warning("vpn %s: no data plane (%s); the control plane runs without it", settings.name, problem)
+        number = vpn.number if vpn is not None else self._free_number()
+        plan = (await self._describe(settings, number)).steering
+        self._check_unshared(settings, plan)
+        if vpn is not None and vpn.steering.namespace == namespace:
+            await self._loop.run_in_executor(None, vpn.steering.change, plan)
+            vpn.settings = settings
             return
-        running.plane.attach(self._loop)
-        self._running[settings.name] = running
+        steering = Steering(plan, namespace)
+        await self._loop.run_in_executor(None, steering.apply)
+        if vpn is not None:
+            await self._unguard(vpn, "its routing instance changed")
+        self._vpns[settings.name] = _Vpn(settings, number, steering)
+        interfaces = f"LAN {', '.join(plan.lan)}, WAN {', '.join(plan.wan)}{_in(namespace)}"
+        log.info("vpn %s: %s until its data plane runs (%s)", settings.name, DROPPED, interfaces)
+
+    async def _unguard(self, vpn: _Vpn, reason: str) -> None:
+        del self._vpns[vpn.name]
+        try:
+            await self._loop.run_in_executor(None, vpn.steering.remove)
+        except SteeringError as problem:
+            log.error("vpn %s: steering not fully removed: %s", vpn.name, problem)
+        log.warning("vpn %s: steering removed (%s): its traffic is routed as it comes", vpn.name, reason)
+
+    async def _describe(self, settings: VpnSettings, number: int) -> DataplaneDescription:
+        """``settings``' data plane with the interfaces its namespace has now."""
+        interfaces, ipv6 = await self._loop.run_in_executor(None, read_interfaces, settings.gateway.routing_instance)
+        description = describe(number, _traffic(settings), settings.gateway, interfaces, ipv6)
+        return replace(description, pin_workers=self.options.pin_workers)
+
+    def _free_number(self) -> int:
+        taken = {vpn.number for vpn in self._vpns.values()}
+        free = next((n for n in range(NUMBERED_PLANS) if n not in taken), None)
+        if free is None:
+            raise NoDataplane(f"{NUMBERED_PLANS} VPNs already have data planes")
+        return free
+
+    def _check_unshared(self, settings: VpnSettings, plan: SteeringPlan) -> None:
+        """Policy routing steers an interface's traffic into one data plane only."""
+        for other in self._vpns.values():
+            if other.name == settings.name or other.steering.namespace != settings.gateway.routing_instance:
+                continue
+            shared = sorted(set(plan.lan + plan.wan) & set(other.steering.plan.lan + other.steering.plan.wan))
+            if shared:
+                raise NoDataplane(f"interface {', '.join(shared)} is already steered by vpn {other.name}")
+
+    # -- data planes ----------------------------------------------------------------------
+
+    async def _start(self, vpn: _Vpn) -> None:
+        settings = vpn.settings
+        try:
+            description = await self._describe(settings, vpn.number)
+            if description.steering != vpn.steering.plan:  # its namespace's interfaces changed
+                self._check_unshared(settings, description.steering)
+                await self._loop.run_in_executor(None, vpn.steering.change, description.steering)
+            plane = Dataplane(vpn.steering.namespace, description, self.options.workers, steering=vpn.steering)
+            vpn.state = None
+            self._hand_over(vpn, plane, self._snapshot())
+            await self._loop.run_in_executor(None, plane.start)
+        except _FAILURES as problem:
+            self._failed[vpn.name] = str(problem)
+            log.warning("vpn %s: no data plane (%s): %s; the control plane runs without it", vpn.name, problem, DROPPED)
+            return
+        plane.attach(self._loop)
+        vpn.plane = plane
         plan = description.steering
-        where = f" in routing instance {namespace}" if namespace else ""
         log.info(
             "vpn %s: data plane up%s: %d workers, LAN %s, WAN %s, MTU %d",
-            settings.name,
-            where,
-            running.plane.workers,
+            vpn.name,
+            _in(vpn.steering.namespace),
+            plane.workers,
             ", ".join(plan.lan),
             ", ".join(plan.wan),
             description.mtu,
         )
-        for name in _traffic(settings).unmodelled_filters:
+        for name in vpn.traffic.unmodelled_filters:
             log.warning(
                 "vpn %s: service filter %s is not modelled (the configuration has no firewall filters): "
                 "its traffic is not bypassed",
-                settings.name,
+                vpn.name,
                 name,
             )
 
-    def _free_number(self) -> int:
-        taken = {running.number for running in self._running.values()}
-        free = next((n for n in range(MAX_DATAPLANES) if n not in taken), None)
-        if free is None:
-            raise NoDataplane(f"{MAX_DATAPLANES} data planes already run")
-        return free
-
-    def _check_unshared(self, settings: VpnSettings, interfaces: tuple[str, ...]) -> None:
-        """Policy routing steers an interface's traffic into one data plane only."""
-        for other in self._running.values():
-            if other.settings.gateway.routing_instance != settings.gateway.routing_instance:
-                continue
-            plan = other.plane.description.steering
-            shared = sorted(set(interfaces) & set(plan.lan + plan.wan))
-            if shared:
-                raise NoDataplane(f"interface {', '.join(shared)} is already steered by vpn {other.settings.name}")
-
-    async def _stop(self, name: str, reason: str) -> None:
-        running = self._running[name]
-        running.stopping = reason
-        running.plane.detach()
+    async def _stop(self, vpn: _Vpn, reason: str) -> None:
+        plane = vpn.plane
+        assert plane is not None
+        vpn.stopping = reason
+        plane.detach()
         try:
-            await self._loop.run_in_executor(None, running.plane.stop)
+            await self._loop.run_in_executor(None, plane.stop)
         except SteeringError as problem:
-            log.error("vpn %s: data plane steering not fully removed: %s", name, problem)
+            log.error("vpn %s: data plane routes not fully removed: %s", vpn.name, problem)
         finally:
-            del self._running[name]
-        log.info("vpn %s: data plane stopped (%s)", name, reason)
+            vpn.plane = vpn.stopping = None
+        guarded = self._closing or vpn.name in self._wanted
+        log.info("vpn %s: data plane stopped (%s)%s", vpn.name, reason, f": {DROPPED}" if guarded else "")
 
     # -- policies -------------------------------------------------------------------------
 
@@ -267,15 +368,17 @@ class MemberDataplanes:
     def _update(self) -> None:
         """Hand every running data plane its group's policy now, and come back when the snapshot expires."""
         snapshot = self._snapshot()
-        for running in self._running.values():
+        running = [vpn for vpn in self._vpns.values() if vpn.plane is not None]
+        for vpn in running:
+            assert vpn.plane is not None
             try:
-                self._hand_over(running, snapshot)
+                self._hand_over(vpn, vpn.plane, snapshot)
             except (DataplaneError, ValueError) as problem:  # SpdError is a ValueError
-                log.error("vpn %s: the data plane keeps its previous policy: %s", running.settings.name, problem)
+                log.error("vpn %s: the data plane keeps its previous policy: %s", vpn.name, problem)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if snapshot.valid_until is not None and self._running:
+        if snapshot.valid_until is not None and running:
             self._timer = self._loop.call_at(snapshot.valid_until, self._deadline, snapshot.valid_until)
 
     def _deadline(self, when: float) -> None:
@@ -283,22 +386,32 @@ class MemberDataplanes:
         self._not_before = when
         self.poke()
 
-    def _hand_over(self, running: _Running, snapshot: Snapshot) -> None:
-        settings = running.settings
+    def _hand_over(self, vpn: _Vpn, plane: Dataplane, snapshot: Snapshot) -> None:
+        settings = vpn.settings
         group = snapshot.groups.get(settings.group_id)
         registration = self._registration(settings.name)
         fail_open = registration is not None and fail_open_active(registration, group)
         installed = self._sadb.groups.get(settings.group_id)
-        version = 1 if running.state is None else running.state.version + 1
+        version = 1 if vpn.state is None else vpn.state.version + 1
         local = ip_address(settings.gateway.local_address)
         sender_ids = installed.sender_ids if installed is not None else None
-        policy = policy_state(version, group, running.traffic.df_bit, local, sender_ids, fail_open)
-        previous = running.state
+        policy = policy_state(version, group, vpn.traffic.df_bit, local, sender_ids, fail_open)
+        previous = vpn.state
         if previous is not None and replace(policy.state, version=previous.version) == previous:
             return
-        running.plane.update(policy.state)
-        running.state = policy.state
+        plane.update(policy.state)
+        vpn.state = policy.state
         _log_policy(settings.name, policy, previous)
+
+
+def _release(waiting: list[asyncio.Future[None]]) -> None:
+    for future in waiting:
+        if not future.done():
+            future.set_result(None)
+
+
+def _in(namespace: str | None) -> str:
+    return f" in routing instance {namespace}" if namespace else ""
 
 
 def _log_policy(vpn: str, policy: DataplanePolicy, previous: PolicyState | None) -> None:
