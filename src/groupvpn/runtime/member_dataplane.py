@@ -259,7 +259,8 @@ class MemberDataplanes:
                 log.error("the steering a previous member left%s cannot be read or removed: %s", where, problem)
                 continue
             if swept:
-                log.warning("removed the steering a previous member left%s: %s", _in(namespace), ", ".join(swept))
+                what = ", ".join(dict.fromkeys(swept))
+                log.warning("removed the steering a previous member left%s: %s", _in(namespace), what)
 
     async def _steer(self, settings: VpnSettings, vpn: _Vpn | None) -> None:
         """Guard ``settings``' VPN: a new steering, or ``vpn``'s (its previous settings) changed in place."""
