@@ -59,9 +59,6 @@ def test_the_fixture():
         ServiceAttachment(eth1, Direction.OUTPUT),
     )
     assert config.service_filters == (BYPASS_BGP,)
-    assert service_set.service_filter(Direction.INPUT, 4) == BYPASS_BGP
-    assert service_set.service_filter(Direction.INPUT, 6) is None
-    assert service_set.service_filter(Direction.OUTPUT, 4) is None
 
 
 def test_active_fail_open_rules():
@@ -228,7 +225,10 @@ def test_service_filters_of_both_families_in_either_syntax():
     )
     assert config.service_filters == (BYPASS_BGP, inet, inet6)
     service_set = config.vpn("lan").service_set
-    assert service_set is not None
-    assert service_set.service_filter(Direction.INPUT, 4) == BYPASS_BGP
-    assert service_set.service_filter(Direction.INPUT, 6) == inet6
+    eth1 = InterfaceUnit("eth1", 0, (ip_interface("198.18.0.2/30"),))
+    assert service_set is not None and service_set.attachments == (
+        ServiceAttachment(eth1, Direction.INPUT, BYPASS_BGP),
+        ServiceAttachment(eth1, Direction.OUTPUT),
+        ServiceAttachment(eth1, Direction.INPUT, inet6),
+    )
     assert load_member(render_curly(parse(TEXT, MEMBER)) + FILTERS) == config

@@ -13,7 +13,7 @@ from dataplane_packets import icmp_echo, udp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from groupvpn.dataplane.spd import MALFORMED, Rule, Selector, SelectorCache, Spd, flow_of
+from groupvpn.dataplane.spd import MALFORMED, FilterTerm, Rule, Selector, SelectorCache, Spd, flow_of
 from groupvpn.wire.numbers import PolicyAction
 
 V4 = ["198.18.1.1", "198.18.2.2", "198.19.1.2", "10.0.0.1"]
@@ -93,15 +93,15 @@ def outbound_packets(draw: st.DrawFn) -> bytes:
 @settings(max_examples=300)
 @given(
     st.lists(st.tuples(selectors(), st.booleans()), min_size=1, max_size=4),
-    st.lists(selectors(), max_size=2),
+    st.lists(st.tuples(selectors(), st.booleans()), max_size=3),
     st.lists(outbound_packets(), min_size=1, max_size=12),
 )
 def test_spd_lookup_gives_each_packet_its_flows_decision(
-    rules: list[tuple[Selector, bool]], bypass: list[Selector], seen: list[bytes]
+    rules: list[tuple[Selector, bool]], bypass: list[tuple[Selector, bool]], seen: list[bytes]
 ) -> None:
     spd = Spd(
         [Rule(f"r{i}", s, PolicyAction.PERMIT if permit else PolicyAction.DENY) for i, (s, permit) in enumerate(rules)],
-        bypass=bypass,
+        bypass=[FilterTerm((selector,), skip) for selector, skip in bypass],
     )
     for packet in seen + seen[::-1]:
         flow = flow_of(packet)

@@ -11,10 +11,13 @@ from dataplane_packets import icmp_echo, make_sa, udp
 from groupvpn.dataplane import DropReason
 from groupvpn.dataplane.spd import (
     MAX_FAIL_OPEN_RULES,
+    MAX_FILTER_TERMS,
     Action,
     FailOpenRule,
+    FilterTerm,
     Rule,
     Selector,
+    ServiceFilter,
     Spd,
     SpdError,
     flow_of,
@@ -127,10 +130,83 @@ def test_permit_without_sa_drops_until_one_is_set() -> None:
 
 def test_bypass_entries_come_first_and_are_never_encrypted() -> None:
     to_ks = Selector(destination=ip_network(f"{KS}/32"), protocol=17, destination_ports=(848, 848))
-    spd = Spd([Rule("everything", Selector())], bypass=[to_ks])
+    spd = Spd([Rule("everything", Selector())], bypass=[FilterTerm((to_ks,))])
     spd.set_sa("everything", make_sa())
     assert spd.lookup(udp(dst=KS, dport=848)).action is Action.BYPASS
     assert spd.lookup(udp(dst=KS, dport=849)).action is Action.PROTECT
+
+
+UDP_5000 = Selector(protocol=17, destination_ports=(5000, 5000))
+
+
+def test_the_first_matching_bypass_term_decides_and_service_goes_on_to_the_rules() -> None:
+    """A service term ahead of a skip term keeps its traffic in the VPN; a later skip term does not take it back."""
+    serviced_host = Selector(destination=ip_network("198.18.2.2/32"))
+    terms = [FilterTerm((serviced_host,), skip=False), FilterTerm((UDP_5000,))]
+    spd = Spd([Rule("everything", Selector())], bypass=terms)
+    spd.set_sa("everything", make_sa())
+    assert spd.lookup(udp(dst="198.18.2.2", dport=5000)).action is Action.PROTECT
+    assert spd.lookup(udp(dst="198.18.2.3", dport=5000)).action is Action.BYPASS
+    assert spd.lookup(udp(dst="198.18.2.3", dport=5001)).action is Action.PROTECT  # no term: on to the rules
+
+
+def test_a_service_filter_skips_what_no_term_services_in_its_family_only() -> None:
+    """Junos's implicit final skip: an IPv4 filter sends unmatched IPv4 traffic in clear and leaves IPv6 alone."""
+    only_lan_b = ServiceFilter(4, (FilterTerm((Selector(destination=LAN_B),), skip=False),))
+    spd = Spd([Rule("everything", Selector())], bypass=only_lan_b.bypass())
+    spd.set_sa("everything", make_sa())
+    assert spd.lookup(udp()).action is Action.PROTECT
+    assert spd.lookup(udp(dst="198.18.3.3")).action is Action.BYPASS
+    assert spd.lookup(udp("2001:db8::1", "2001:db8::2")).action is Action.PROTECT
+    ospf = Selector(protocol=89)
+    no_ospf = ServiceFilter(6, (FilterTerm((ospf,)), FilterTerm((Selector(),), skip=False)))
+    assert no_ospf.bypass() == (
+        FilterTerm((Selector(ip_network("::/0"), protocol=89),)),
+        FilterTerm((Selector(ip_network("::/0")),), skip=False),
+        FilterTerm((Selector(ip_network("::/0")),)),
+    )
+    spd = Spd([Rule("everything", Selector())], bypass=no_ospf.bypass())
+    spd.set_sa("everything", make_sa())
+    v6_ospf = bytearray(udp("2001:db8::1", "2001:db8::2"))
+    v6_ospf[6] = 89
+    v4_ospf = bytearray(udp())
+    v4_ospf[9] = 89
+    assert spd.lookup(bytes(v6_ospf)).action is Action.BYPASS
+    assert spd.lookup(bytes(v4_ospf)).action is Action.PROTECT
+    assert spd.lookup(udp("2001:db8::1", "2001:db8::2")).action is Action.PROTECT
+
+
+def test_what_of_a_service_filter_esp_can_match() -> None:
+    host = ip_network("198.18.2.2/32")
+    service_filter = ServiceFilter(
+        4,
+        (
+            FilterTerm((UDP_5000, Selector(protocol=17))),  # never ESP
+            FilterTerm((Selector(source=host), Selector(protocol=50, source_ports=(1, 1))), skip=False),
+            FilterTerm((Selector(protocol=50),)),
+        ),
+    )
+    assert service_filter.esp_only() == ServiceFilter(
+        4,
+        (
+            FilterTerm((Selector(source=host, protocol=50),), skip=False),
+            FilterTerm((Selector(protocol=50),)),
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("family", "terms", "problem"),
+    [
+        (5, (), "address family 5"),
+        (4, (FilterTerm((Selector(destination=ip_network("2001:db8::/32")),)),), "2001:db8::/32 is not an IPv4"),
+        (6, (FilterTerm((Selector(source=LAN_A),)),), "198.18.1.0/24 is not an IPv6"),
+        (4, (FilterTerm((Selector(),)),) * (MAX_FILTER_TERMS + 1), "33 terms; a service filter has at most 32"),
+    ],
+)
+def test_service_filter_errors(family: int, terms: tuple[FilterTerm, ...], problem: str) -> None:
+    with pytest.raises(SpdError, match=problem):
+        ServiceFilter(family, terms)
 
 
 def test_fail_open_rules_apply_only_while_the_flag_is_up() -> None:

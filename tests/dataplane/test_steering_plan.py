@@ -9,8 +9,10 @@ from ipaddress import ip_network
 
 import pytest
 
-from groupvpn.dataplane.spd import Selector
+from groupvpn.dataplane.spd import FilterTerm, Selector, ServiceFilter
 from groupvpn.dataplane.steering import (
+    MAIN_RULE_PRIORITY,
+    PLAN_PREFERENCES,
     IpCommand,
     IpFailed,
     Steering,
@@ -66,12 +68,53 @@ def test_the_guard_is_blackholes_then_bypass_then_steering_and_the_tun_routes_co
         assert command.delete == (command.add[0], "del", *command.add[2:])
 
 
+UDP_5000 = Selector(protocol=IpProtocol.UDP, destination_ports=(5000, 5000))
+LAN_B, ELSEWHERE = ip_network("198.18.2.0/24"), ip_network("198.19.0.0/16")
+
+
+def test_service_filters_replace_the_steering_rules_term_by_term_with_nothing_after_them() -> None:
+    """Skip terms go to the main table, service terms to the TUN's; unmatched traffic falls through (implicit skip)."""
+    ks = Selector(destination=ip_network(f"{KS}/32"), protocol=IpProtocol.UDP, destination_ports=(848, 848))
+    outbound = ServiceFilter(
+        4, (FilterTerm((UDP_5000,)), FilterTerm((Selector(destination=LAN_B), Selector(destination=ELSEWHERE)), False))
+    )
+    inbound = ServiceFilter(4, (FilterTerm((UDP_5000,)), FilterTerm((Selector(source=LAN_B),), skip=False)))
+    steered = plan(bypass=(ks,), outbound_filters=(outbound,), inbound_filters=(inbound,))
+    assert adds(steered.guard)[2:] == [
+        "-4 rule add pref 500 iif lan to 198.18.0.1/32 ipproto 17 dport 848 lookup main protocol 71",
+        "-4 rule add pref 500 iif wan to 198.18.0.1/32 ipproto 17 dport 848 lookup main protocol 71",
+        "-4 rule add pref 501 iif lan ipproto 17 dport 5000 lookup main protocol 71",
+        "-4 rule add pref 502 iif lan to 198.18.2.0/24 lookup 100 protocol 71",
+        "-4 rule add pref 502 iif lan to 198.19.0.0/16 lookup 100 protocol 71",
+        "-4 rule add pref 501 iif wan from 198.18.2.0/24 ipproto 50 lookup 101 protocol 71",  # UDP is never ESP
+    ]
+    assert steered.spd_bypass == (FilterTerm((ks,)), *outbound.bypass())  # the key servers first, always
+    assert plan(outbound_filters=(outbound,)).spd_bypass == outbound.bypass()
+
+
+def test_a_family_without_a_filter_is_steered_whole() -> None:
+    only_v4 = ServiceFilter(4, (FilterTerm((Selector(destination=LAN_B),), skip=False),))
+    rules = [line for line in adds(plan(families=(4, 6), outbound_filters=(only_v4,)).guard) if " rule " in line]
+    assert rules == [
+        "-4 rule add pref 501 iif lan to 198.18.2.0/24 lookup 100 protocol 71",
+        "-4 rule add pref 501 iif wan ipproto 50 lookup 101 protocol 71",
+        "-6 rule add pref 501 iif lan lookup 100 protocol 71",
+        "-6 rule add pref 501 iif wan ipproto 50 lookup 101 protocol 71",
+    ]
+    nothing_serviced = ServiceFilter(4)  # a filter without terms skips everything
+    assert [line for line in adds(plan(inbound_filters=(nothing_serviced,)).guard) if " rule " in line] == [
+        "-4 rule add pref 501 iif lan lookup 100 protocol 71"
+    ]
+
+
 @pytest.mark.parametrize(
     ("selector", "arguments"),
     [
         (Selector(), ""),
         (Selector(source=ip_network("198.19.0.0/16")), "from 198.19.0.0/16"),
         (Selector(protocol=89), "ipproto 89"),
+        (Selector(source=ip_network("0.0.0.0/0"), destination=ip_network("0.0.0.0/0")), ""),  # shown as "all"
+        (Selector(source=ip_network("::/0"), protocol=58), "ipproto 58"),
         (Selector(protocol=6, source_ports=(179, 179)), "ipproto 6 sport 179"),
         (Selector(protocol=17, destination_ports=(5000, 5999)), "ipproto 17 dport 5000-5999"),
         (
@@ -115,8 +158,9 @@ def test_numbered_plans_never_share_names_tables_or_preferences() -> None:
     first, second = (SteeringPlan.numbered(n, ["lan"], ["wan"]) for n in (0, 1))
     assert {first.outbound_tun, first.inbound_tun}.isdisjoint({second.outbound_tun, second.inbound_tun})
     assert {first.outbound_table, first.inbound_table}.isdisjoint({second.outbound_table, second.inbound_table})
-    assert {first.priority, first.priority + 1}.isdisjoint({second.priority, second.priority + 1})
-    assert len(SteeringPlan.numbered(99, ["lan"], ["wan"]).outbound_tun) <= 15
+    assert first.priority + PLAN_PREFERENCES == second.priority  # the first's filter terms fit in between
+    last = SteeringPlan.numbered(99, ["lan"], ["wan"])
+    assert len(last.outbound_tun) <= 15 and last.priority + PLAN_PREFERENCES < MAIN_RULE_PRIORITY
 
 
 @pytest.mark.parametrize(
@@ -134,6 +178,8 @@ def test_numbered_plans_never_share_names_tables_or_preferences() -> None:
         ({"priority": 0}, "room before the main table"),
         ({"families": (4, 5)}, "address families"),
         ({"families": ()}, "address families"),
+        ({"outbound_filters": (ServiceFilter(6),)}, r"families \[6\]: one at most for each of \(4,\)"),
+        ({"inbound_filters": (ServiceFilter(4), ServiceFilter(4))}, r"families \[4, 4\]"),
     ],
 )
 def test_plan_errors(changes: dict[str, object], problem: str) -> None:
@@ -173,7 +219,7 @@ class FakeIp:
         if " route show table " in line:
             return self.tables
         if " rule show" in line:
-            return self.rules
+            return self.rules if " -4 " in line else "[]"
         self.changes.append(line.removeprefix("ip -n lab "))
         return ""
 
@@ -308,11 +354,17 @@ def test_leftovers_of_other_numbered_plans_are_removed_and_nothing_else() -> Non
         {"priority": 0, "src": "all", "table": "local"},
         {"priority": 7100, "iif": "lan", "dst": "198.18.0.1", "table": "main", "protocol": "71"},  # kept: VPN 0
         {"priority": 7101, "iif": "lan", "table": "7100", "protocol": "71"},
-        {"priority": 7102, "iif": "eth1", "dst": "198.18.0.1", "table": "main", "protocol": "71"},  # VPN 1's
-        {"priority": 7103, "iif": "eth1", "table": "7102", "protocol": "71"},
-        {"priority": 7103, "iif": "eth2", "table": "7102", "protocol": "71"},
-        {"priority": 7105, "iif": "eth3", "table": "7104"},  # someone else's: another protocol
-        {"priority": 9000, "iif": "eth1", "table": "9", "protocol": "71"},  # outside the numbered range
+        {"priority": 7101, "iif": "lan", "ipproto": "udp", "dport": 5000, "table": "main", "protocol": "71"},
+        {  # a term of VPN 0's filter before it was edited
+            "priority": 7102,
+            **{"iif": "lan", "src": "198.18.0.0", "srclen": 16, "ipproto": "ipproto-253"},
+            **{"sport_start": 1, "sport_end": 9, "table": "7100", "protocol": "71"},
+        },
+        {"priority": 7133, "iif": "eth1", "dst": "198.18.0.1", "table": "main", "protocol": "71"},  # VPN 1's
+        {"priority": 7134, "iif": "eth1", "table": "7102", "protocol": "71"},
+        {"priority": 7134, "iif": "eth2", "table": "7102", "protocol": "71"},
+        {"priority": 7135, "iif": "eth3", "table": "7104"},  # someone else's: another protocol
+        {"priority": 20000, "iif": "eth1", "table": "9", "protocol": "71"},  # outside the numbered range
         {"priority": 32766, "src": "all", "table": "main"},
     ]
     routes = [
@@ -322,15 +374,22 @@ def test_leftovers_of_other_numbered_plans_are_removed_and_nothing_else() -> Non
         {"type": "blackhole", "dst": "default", "table": "9", "metric": 4294967295},
     ]
     ip = FakeIp(tables=json.dumps(routes), rules=json.dumps(rules))
-    kept = SteeringPlan.numbered(0, ["lan"], ["wan"])
+    kept = SteeringPlan.numbered(0, ["lan"], ["wan"], [Selector(destination=ip_network("198.18.0.1/32"))])
     deleted = remove_leftovers("lab", [kept], runner=ip)
-    per_family = [
-        "rule del pref 7102 protocol 71",
-        "rule del pref 7103 protocol 71",
-        "rule del pref 7103 protocol 71",
-        "route flush table 7102 proto 71",
-        "route flush table 7103 proto 71",
+    assert ip.changes == [
+        "-4 rule del pref 7101 iif lan ipproto 17 dport 5000 lookup main protocol 71",
+        "-4 rule del pref 7102 iif lan from 198.18.0.0/16 ipproto 253 sport 1-9 lookup 7100 protocol 71",
+        "-4 rule del pref 7133 iif eth1 to 198.18.0.1/32 lookup main protocol 71",
+        "-4 rule del pref 7134 iif eth1 lookup 7102 protocol 71",
+        "-4 rule del pref 7134 iif eth2 lookup 7102 protocol 71",
+        "-4 route flush table 7102 proto 71",
+        "-4 route flush table 7103 proto 71",
+        "-6 route flush table 7102 proto 71",
+        "-6 route flush table 7103 proto 71",
     ]
-    assert ip.changes == [f"-{family} {line}" for family in (4, 6) for line in per_family]
-    assert deleted[:5] == ["IPv4 rule 7102", "IPv4 rule 7103", "IPv4 rule 7103", "IPv4 table 7102", "IPv4 table 7103"]
+    assert deleted[:3] == [
+        "IPv4 rule 7101 iif lan ipproto 17 dport 5000 lookup main",
+        "IPv4 rule 7102 iif lan from 198.18.0.0/16 ipproto 253 sport 1-9 lookup 7100",
+        "IPv4 rule 7133 iif eth1 to 198.18.0.1/32 lookup main",
+    ]
     assert remove_leftovers("lab", [kept], runner=FakeIp()) == []

@@ -32,7 +32,7 @@ from groupvpn.dataplane.channel import (
     send,
 )
 from groupvpn.dataplane.esp_path import SaConfig
-from groupvpn.dataplane.spd import FailOpenRule, Rule, Selector, SpdError
+from groupvpn.dataplane.spd import FailOpenRule, FilterTerm, Rule, Selector, SpdError
 from groupvpn.dataplane.worker import Worker
 from groupvpn.wire.esp import ESP_HEADER_SIZE
 from groupvpn.wire.numbers import PolicyAction
@@ -138,7 +138,7 @@ def test_denied_traffic_goes_back_in_clear_and_unmatched_traffic_is_dropped(make
 
 def test_before_any_policy_everything_is_dropped_except_bypass(make_worker) -> None:
     ks = Selector(destination=ip_network("198.18.0.1/32"))
-    a = make_worker(bypass=(ks,))
+    a = make_worker(bypass=(FilterTerm((ks,)),))
     control = udp(HOST_A, "198.18.0.1", dport=848)
     assert a.lan(udp(HOST_A, HOST_B), control) == [control]
     assert a.worker.drops[DropReason.NO_POLICY] == 1

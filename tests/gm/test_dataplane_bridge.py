@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 from member_lab import KS1, Lab, gateway, key_server, vpn
 
-from groupvpn.config.model import ServiceFilter, load_member
-from groupvpn.config.values import DfBit, Direction
+from groupvpn.config.model import FilterTerm, ServiceFilter, load_member
+from groupvpn.config.values import DfBit, Direction, FilterAction
 from groupvpn.dataplane import DropCounters
 from groupvpn.dataplane.esp_path import Decapsulator, DfMode, Encapsulator, EspSa
 from groupvpn.dataplane.spd import ANY_PORT, Action, FailOpenRule, Selector, Spd
+from groupvpn.dataplane.spd import FilterTerm as DataplaneTerm
+from groupvpn.dataplane.spd import ServiceFilter as DataplaneFilter
 from groupvpn.dataplane.steering import key_server_bypass
 from groupvpn.gdoi import Endpoint, GroupPolicy, SaPolicy, SenderIds, TekKeys, TekPolicy, TrafficSelector
 from groupvpn.gm.dataplane_bridge import (
@@ -25,6 +27,7 @@ from groupvpn.gm.dataplane_bridge import (
     fail_open_active,
     policy_state,
     selectors,
+    service_filter,
 )
 from groupvpn.gm.member import VpnState
 from groupvpn.gm.sadb import HANDOVER, SaDatabase
@@ -52,7 +55,8 @@ LAB_LINKS = (
 
 
 def branch() -> TrafficSettings:
-    """The seed-shaped branch member: service set on eth1 both ways, output, df-bit copy, one fail-open rule."""
+    """The seed-shaped branch member: service set on eth1 both ways through a filter that skips OSPF and BGP,
+    output, df-bit copy, one fail-open rule."""
     return TrafficSettings.of(load_member((EXAMPLES / "member-branch.conf").read_text()).vpns[0])
 
 
@@ -68,16 +72,14 @@ def lab_traffic(direction: Direction = Direction.OUTPUT, interface: str = "wan",
 def test_the_seed_configuration_becomes_traffic_settings():
     traffic = branch()
     assert (traffic.match_direction, traffic.df_bit, traffic.attached) == (Direction.OUTPUT, DfBit.COPY, ("eth1",))
-    assert [(a.unit.interface, a.direction) for a in traffic.attachments] == [
-        ("eth1", Direction.INPUT),
-        ("eth1", Direction.OUTPUT),
+    assert [(a.unit.interface, a.direction, a.service_filter.name) for a in traffic.attachments] == [
+        ("eth1", Direction.INPUT, "routing"),
+        ("eth1", Direction.OUTPUT, "routing"),
     ]
+    assert traffic.reverse_direction is Direction.INPUT
+    assert traffic.filters(Direction.OUTPUT) == traffic.filters(Direction.INPUT) == (ROUTING,)
     (rule,) = traffic.fail_open
     assert (rule.source, rule.destination) == (ip_network("198.18.100.0/24"), ip_network("198.18.0.123/32"))
-    assert traffic.unmodelled_filters == ()
-    bgp = ServiceFilter("bgp", 4)
-    filtered = replace(traffic, attachments=tuple(replace(a, service_filter=bgp) for a in traffic.attachments))
-    assert filtered.unmodelled_filters == ("bgp",)
 
 
 def test_output_direction_steers_the_other_interfaces_into_the_wan_it_is_applied_to():
@@ -85,7 +87,7 @@ def test_output_direction_steers_the_other_interfaces_into_the_wan_it_is_applied
     description = describe(3, traffic, gateway(), LAB_LINKS)
     plan = description.steering
     assert (plan.lan, plan.wan, plan.families) == (("lan",), ("wan",), (4,))
-    assert (plan.outbound_tun, plan.inbound_tun, plan.priority) == ("gvpn3o", "gvpn3i", 7106)
+    assert (plan.outbound_tun, plan.inbound_tun, plan.priority) == ("gvpn3o", "gvpn3i", 7199)
     assert description.mtu == 1500  # the WAN's, not the LAN's jumbo frames
     assert plan.bypass == key_server_bypass([KS1[0]], (848, 500))
     assert description.fail_open_rules == (
@@ -125,6 +127,64 @@ def test_a_non_default_server_port_is_bypassed_with_ike():
 def test_no_data_plane_and_why(traffic, links, problem):
     with pytest.raises(NoDataplane, match=problem):
         describe(0, traffic, gateway(), links)
+
+
+# -- service filters -------------------------------------------------------------------------
+
+ROUTING = ServiceFilter(
+    "routing",
+    4,
+    (
+        FilterTerm("ospf", protocols=(89,), action=FilterAction.SKIP),
+        FilterTerm("bgp", protocols=(6,), destination_ports=((179, 179),), action=FilterAction.SKIP),
+        FilterTerm("bgp-replies", protocols=(6,), source_ports=((179, 179),), action=FilterAction.SKIP),
+        FilterTerm("the-rest"),
+    ),
+)
+
+
+def test_a_service_filter_keeps_its_terms_in_order_each_the_cross_product_of_its_lists():
+    a, b, c = (ip_network(f"198.18.{n}.0/24") for n in (1, 2, 3))
+    term = FilterTerm("t", (a,), (b, c), (6, 17), (), ((179, 179), (5000, 5010)), FilterAction.SKIP)
+    translated = service_filter(ServiceFilter("f", 4, (term, FilterTerm("rest"))))
+    assert translated == DataplaneFilter(
+        4,
+        (
+            DataplaneTerm(
+                tuple(
+                    Selector(a, destination, protocol, ANY_PORT, ports)
+                    for destination in (b, c)
+                    for protocol in (6, 17)
+                    for ports in ((179, 179), (5000, 5010))
+                ),
+                skip=True,
+            ),
+            DataplaneTerm((Selector(),), skip=False),
+        ),
+    )
+    assert service_filter(ServiceFilter("nothing", 6)) == DataplaneFilter(6)  # skips everything
+
+
+@pytest.mark.parametrize(("direction", "interface"), [(Direction.OUTPUT, "wan"), (Direction.INPUT, "lan")])
+def test_the_match_direction_s_filter_steers_the_lan_and_the_other_one_the_wan_s_esp(direction, interface):
+    """Seed shape (output, on the WAN): the output filter picks what the LAN sends into the VPN, the input one
+    which arriving ESP is decrypted; with match-direction input the service set is on the LAN the other way round."""
+    only_b = ServiceFilter("only-b", 4, (FilterTerm("b", destinations=(ip_network("198.18.2.0/24"),)),))
+    (protecting,) = lab_traffic(direction, interface).attachments
+    reverse = Direction.INPUT if direction is Direction.OUTPUT else Direction.OUTPUT
+    other = replace(protecting, direction=reverse, service_filter=only_b)
+    plan = describe(0, TrafficSettings(direction, attachments=(other, protecting)), gateway(), LAB_LINKS).steering
+    assert (plan.lan, plan.wan) == (("lan",), ("wan",))
+    assert (plan.outbound_filters, plan.inbound_filters) == ((service_filter(ROUTING),), (service_filter(only_b),))
+
+
+def test_a_family_the_namespace_does_not_steer_drops_its_filter():
+    v6 = ServiceFilter("v6", 6, (FilterTerm("icmp6", protocols=(58,)),))
+    (attachment,) = lab_traffic().attachments
+    traffic = replace(lab_traffic(), attachments=(attachment, replace(attachment, service_filter=v6)))
+    assert describe(0, traffic, gateway(), LAB_LINKS).steering.outbound_filters == (service_filter(ROUTING),)
+    dual = describe(0, traffic, gateway(), LAB_LINKS, ipv6=True).steering
+    assert dual.outbound_filters == (service_filter(ROUTING), service_filter(v6))
 
 
 # -- selectors -----------------------------------------------------------------------------
@@ -305,6 +365,20 @@ def test_the_translated_policy_encrypts_denies_and_decrypts_in_the_packet_path()
     assert esp[9] == IpProtocol.ESP and esp[12:20] == protected[12:20]  # header preservation
     assert receiver.process(esp, NOW) == protected
     assert drops.as_dict() == {}
+
+
+def test_the_seed_s_service_filter_passes_routing_protocols_in_clear_in_the_packet_path():
+    state = state_at(installed(), NOW).state
+    sas = {config.spi: EspSa(config) for config in state.sas}
+    plan = describe(0, lab_traffic(), gateway(), LAB_LINKS).steering
+    spd = Spd(state.rules, bypass=plan.spd_bypass)
+    for name, spi in state.encrypting.items():
+        spd.set_sa(name, sas[spi])
+    ospf = bytearray(udp("10.1.0.5", "10.2.0.9"))
+    ospf[9] = 89  # the checksum is not looked at
+    assert spd.lookup(bytes(ospf)).action == Action.BYPASS  # skipped
+    assert spd.lookup(udp("10.1.0.5", "10.2.0.9")).action == Action.PROTECT  # the-rest: serviced
+    assert spd.lookup(udp(KS1[0], "10.2.0.9", sport=848)).action == Action.BYPASS  # the key server, first
 
 
 # -- fail-open -----------------------------------------------------------------------------

@@ -252,11 +252,6 @@ class ServiceSet:
     attachments: tuple[ServiceAttachment, ...] = ()
     service_interface: str | None = None
 
-    def service_filter(self, direction: Direction, family: int) -> ServiceFilter | None:
-        """The filter applied to ``family`` traffic in ``direction`` (loading checks there is at most one)."""
-        filters = (a.service_filter for a in self.attachments if a.direction is direction)
-        return next((f for f in filters if f is not None and f.family == family), None)
-
 
 @dataclass(frozen=True)
 class MemberVpn:

@@ -26,7 +26,7 @@ from types import MappingProxyType
 
 from ..wire.numbers import PolicyAction
 from .esp_path import SaConfig
-from .spd import FailOpenRule, Rule, Selector, SpdError
+from .spd import FailOpenRule, FilterTerm, Rule, SpdError
 
 MAX_MESSAGE = 4 << 20
 BUFFER_SIZE = 8 << 20  # SO_SNDBUF/SO_RCVBUF: a burst of reports or a large policy never blocks a sender
@@ -82,7 +82,7 @@ class WorkerSetup:
     index: int
     workers: int
     mtu: int  # the WAN MTU encapsulated packets must fit, and the TUN read size
-    bypass: tuple[Selector, ...] = ()
+    bypass: tuple[FilterTerm, ...] = ()  # in order, before the group's rules (``Spd``)
     fail_open_rules: tuple[FailOpenRule, ...] = ()
     icmp_source_v4: IPv4Address | None = None
     icmp_source_v6: IPv6Address | None = None

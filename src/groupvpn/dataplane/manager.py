@@ -194,7 +194,7 @@ class Dataplane:
             index=index,
             workers=self.workers,
             mtu=d.mtu,
-            bypass=d.steering.bypass,
+            bypass=d.steering.spd_bypass,
             fail_open_rules=d.fail_open_rules,
             icmp_source_v4=icmp_sources[0],
             icmp_source_v6=icmp_sources[1],

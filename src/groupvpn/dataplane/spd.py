@@ -3,8 +3,11 @@
 Evaluation order for a flow (RFC 4301 §4.4.1 ordered SPD, plus the seed's
 Group VPN rules):
 
-1. bypass entries (key servers, routing protocols): always in clear, never
-   part of the VPN;
+1. bypass entries (the key servers' control traffic, then the service
+   filter's terms), in order: the first one matching decides, ``skip``
+   passes the flow in clear, never part of the VPN, ``service`` hands it
+   to the steps below (a service filter ends in an implicit skip of its
+   address family, ``ServiceFilter.bypass``); none matching hands it on too;
 2. while the fail-open flag is up (the group's SAs are down because no key
    server answers), fail-open entries (at most 10, source and destination
    only) pass in clear;
@@ -26,9 +29,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import TYPE_CHECKING
 
 from ..wire.numbers import IPV6_HOP_BY_HOP, IpProtocol, PolicyAction
@@ -189,6 +192,67 @@ def _in_range(ports: tuple[int, int], port: int) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class FilterTerm:
+    """An ordered bypass entry: flows matching any of ``selectors`` skip the VPN (``skip``) or go on to its policy."""
+
+    selectors: tuple[Selector, ...]
+    skip: bool = True
+
+
+_EVERY = {4: ip_network("0.0.0.0/0"), 6: ip_network("::/0")}
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceFilter:
+    """A Junos service filter for one address family, in data-plane terms.
+
+    Terms in order, the first matching decides; a flow of ``family``
+    matching none skips the VPN (Junos's implicit final ``skip``).
+    Selectors without addresses match any address of ``family``.
+    """
+
+    family: int
+    terms: tuple[FilterTerm, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.family not in _EVERY:
+            raise SpdError(f"address family {self.family}: choose from 4 and 6")
+        for term in self.terms:
+            for selector in term.selectors:
+                for prefix in (selector.source, selector.destination):
+                    if prefix is not None and prefix.version != self.family:
+                        raise SpdError(f"{prefix} is not an IPv{self.family} prefix")
+        if len(self.terms) > MAX_FILTER_TERMS:
+            raise SpdError(f"{len(self.terms)} terms; a service filter has at most {MAX_FILTER_TERMS}")
+
+    def bypass(self) -> tuple[FilterTerm, ...]:
+        """The SPD's bypass entries: the terms confined to the family, then the implicit skip of the family."""
+        every = _EVERY[self.family]
+
+        def confined(selector: Selector) -> Selector:
+            if selector.source is None and selector.destination is None:
+                return replace(selector, source=every)
+            return selector
+
+        terms = tuple(FilterTerm(tuple(map(confined, term.selectors)), term.skip) for term in self.terms)
+        return (*terms, FilterTerm((Selector(every),)))
+
+    def esp_only(self) -> ServiceFilter:
+        """What of the filter an ESP packet can match: each selector naming ESP, terms left with none dropped."""
+        terms = []
+        for term in self.terms:
+            selectors = tuple(
+                replace(selector, protocol=IpProtocol.ESP)
+                for selector in term.selectors
+                if selector.protocol in (None, IpProtocol.ESP)
+                and selector.source_ports == selector.destination_ports == ANY_PORT
+            )
+            if selectors:
+                terms.append(FilterTerm(selectors, term.skip))
+        return ServiceFilter(self.family, tuple(terms))
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     """One group policy entry, as the key server distributes it (a TEK or a deny entry)."""
 
@@ -236,13 +300,13 @@ class Spd:
         self,
         rules: Iterable[Rule] = (),
         *,
-        bypass: Iterable[Selector] = (),
+        bypass: Iterable[FilterTerm] = (),
         fail_open: Iterable[FailOpenRule] = (),
         cache_limit: int = 1 << 16,
     ) -> None:
         self._cache: dict[object, Verdict] = {}  # by flow, or for IPv4 by its raw octets (``lookup``)
         self._cache_limit = cache_limit
-        self._bypass = tuple(bypass)
+        self._bypass = tuple((selector, term.skip) for term in bypass for selector in term.selectors)
         self._fail_open_rules = _checked_fail_open(fail_open)
         self._fail_open = False
         self._rules: tuple[Rule, ...] = ()
@@ -327,8 +391,11 @@ class Spd:
 
     def decide(self, flow: Flow) -> Verdict:
         """The uncached decision for a flow."""
-        if any(selector.matches(flow) for selector in self._bypass):
-            return BYPASS
+        for selector, skip in self._bypass:
+            if selector.matches(flow):
+                if skip:
+                    return BYPASS
+                break
         if self._fail_open and any(selector.matches(flow) for selector in self._fail_open_rules):
             return BYPASS
         for selector, verdict in self._decisions:

@@ -3,9 +3,18 @@
 Inside the member's namespace, ahead of the main table (lower preference
 numbers are consulted first)::
 
-    P     iif LAN|WAN <bypass selector>   lookup main     key servers, service filters
+    P     iif LAN|WAN <bypass selector>   lookup main     key servers
     P+1   iif LAN                          lookup T_out    -> default dev TUN_OUT (encrypt)
     P+1   iif WAN ipproto esp              lookup T_in     -> default dev TUN_IN  (decrypt)
+
+A service filter replaces its direction's one steering rule by its
+terms, term ``i`` at ``P+i`` (LAN and WAN rules never match the same
+packet, so both directions use the same preferences), one rule per
+selector, and nothing after the last: what no term matches goes on to
+the main table, Junos's implicit ``skip``::
+
+    P+i   iif LAN <term selector>              lookup main | T_out      skip | service
+    P+i   iif WAN <term selector> ipproto esp  lookup main | T_in       (terms that can match ESP)
 
 Each steering table also holds a blackhole default of the highest metric.
 The blackholes and the rules are the *guard*: installed while the VPN is
@@ -21,10 +30,10 @@ Traffic passes in clear only when the operator removes the service set.
 
 Traffic for the member itself never reaches these rules (the local table
 comes first), so its own exchanges with the key servers are never
-steered; the bypass rules keep *transit* control traffic and the service
-filters' traffic out.  Packets the workers write back arrive with ``iif``
-a TUN, which no rule names, so they are routed by the main table on their
-preserved addresses and never steered again.
+steered; the bypass rules keep *transit* control traffic out.  Packets
+the workers write back arrive with ``iif`` a TUN, which no rule names, so
+they are routed by the main table on their preserved addresses and never
+steered again.
 
 Two TUNs rather than one keep the direction exact: a LAN host's own ESP
 is protected like any other traffic instead of being mistaken for the
@@ -33,7 +42,8 @@ group's inbound ESP.
 Every rule and route carries protocol ``ROUTE_PROTOCOL``.  Routes go in
 before the rules that use them (a rule never points at an empty table,
 which would fall through to the main table).  ``apply`` treats "already
-there" as ours, so it is idempotent and adopts what a predecessor left;
+there" as ours, so it is idempotent and adopts what a predecessor left
+(``remove_leftovers`` deletes the rest of what it left);
 ``change`` moves to another plan adding before deleting; ``remove``
 deletes exactly what was added or adopted, newest first.  Everything runs
 as ``ip -n NAMESPACE``: nothing outside the namespace is touched.
@@ -45,10 +55,12 @@ import json
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import ip_network
+from ipaddress import ip_address, ip_network
+from socket import getprotobyname
+from typing import Any
 
 from ..wire.numbers import IpProtocol
-from .spd import ANY_PORT, Selector
+from .spd import ANY_PORT, MAX_FILTER_TERMS, FilterTerm, Selector, ServiceFilter
 from .tun import valid_ifname
 
 ROUTE_PROTOCOL = 71  # "proto 71" on our rules and routes; unassigned in iproute2's rt_protos
@@ -57,7 +69,8 @@ MAX_TABLE = 0xFFFFFFFF
 RESERVED_TABLES = frozenset({0, 253, 254, 255})  # unspec, default, main, local
 MAIN_RULE_PRIORITY = 32766
 FIRST_NUMBERED = 7100  # the first table and rule preference of the numbered plans
-NUMBERED_PLANS = 100  # VPN numbers 0-99, two tables and two preferences each
+NUMBERED_PLANS = 100  # VPN numbers 0-99, two tables each
+PLAN_PREFERENCES = 1 + MAX_FILTER_TERMS  # the bypass rules', then one per steering rule or filter term
 COMMAND_TIMEOUT = 20.0
 _GONE = ("No such file or directory", "No such process", "Cannot find device")
 
@@ -82,9 +95,9 @@ def _entry(family: int, kind: str, spec: Sequence[str]) -> IpCommand:
 def selector_arguments(selector: Selector) -> tuple[str, ...]:
     """The ``ip rule`` selector for ``selector`` (addresses, protocol, port ranges)."""
     args: list[str] = []
-    if selector.source is not None:
+    if selector.source is not None and selector.source.prefixlen:  # ip rule shows /0 as "all"
         args += ["from", str(selector.source)]
-    if selector.destination is not None:
+    if selector.destination is not None and selector.destination.prefixlen:
         args += ["to", str(selector.destination)]
     if selector.protocol is not None:
         args += ["ipproto", str(int(selector.protocol))]
@@ -105,7 +118,11 @@ class SteeringPlan:
 
     ``lan``: interfaces whose entering traffic the service set protects;
     ``wan``: interfaces where the group's ESP arrives.  ``priority`` is
-    the bypass rules' preference, ``priority + 1`` the steering rules'.
+    the bypass rules' preference, the steering rules' follow it (up to
+    ``PLAN_PREFERENCES`` in all).  ``outbound_filters`` and
+    ``inbound_filters``: the service filters of the traffic entering the
+    LAN and of the ESP entering the WAN, one per family at most (a family
+    without one is steered whole).
     """
 
     outbound_tun: str
@@ -117,6 +134,8 @@ class SteeringPlan:
     priority: int
     bypass: tuple[Selector, ...] = ()
     families: tuple[int, ...] = (4,)
+    outbound_filters: tuple[ServiceFilter, ...] = ()
+    inbound_filters: tuple[ServiceFilter, ...] = ()
     guard: tuple[IpCommand, ...] = field(init=False, repr=False, compare=False)
     tun_routes: tuple[IpCommand, ...] = field(init=False, repr=False, compare=False)
 
@@ -134,12 +153,17 @@ class SteeringPlan:
                 raise SteeringError(f"routing table {table} is reserved or out of range")
         if self.outbound_table == self.inbound_table:
             raise SteeringError("the outbound and inbound steering tables must differ")
-        if not 0 < self.priority < MAIN_RULE_PRIORITY - 1:
+        if not 0 < self.priority < MAIN_RULE_PRIORITY - PLAN_PREFERENCES:
+            last = self.priority + PLAN_PREFERENCES - 1
             raise SteeringError(
-                f"rule preference {self.priority} must leave room before the main table's {MAIN_RULE_PRIORITY}"
+                f"rule preferences {self.priority}-{last} must leave room before the main table's {MAIN_RULE_PRIORITY}"
             )
         if not self.families or not set(self.families) <= {4, 6} or len(set(self.families)) != len(self.families):
             raise SteeringError(f"address families {self.families}: choose from 4 and 6")
+        for filters in (self.outbound_filters, self.inbound_filters):
+            families = [f.family for f in filters]
+            if not set(families) <= set(self.families) or len(set(families)) != len(families):
+                raise SteeringError(f"service filters of families {families}: one at most for each of {self.families}")
         object.__setattr__(self, "guard", self._guard())
         object.__setattr__(self, "tun_routes", self._tun_routes())
 
@@ -151,6 +175,8 @@ class SteeringPlan:
         wan: Sequence[str],
         bypass: Sequence[Selector] = (),
         families: tuple[int, ...] = (4,),
+        outbound_filters: tuple[ServiceFilter, ...] = (),
+        inbound_filters: tuple[ServiceFilter, ...] = (),
     ) -> SteeringPlan:
         """The plan of the member's VPN number ``number`` (0..99): names, tables and preferences that never collide."""
         if not 0 <= number < NUMBERED_PLANS:
@@ -162,14 +188,26 @@ class SteeringPlan:
             wan=tuple(wan),
             outbound_table=FIRST_NUMBERED + 2 * number,
             inbound_table=FIRST_NUMBERED + 1 + 2 * number,
-            priority=FIRST_NUMBERED + 2 * number,
+            priority=FIRST_NUMBERED + PLAN_PREFERENCES * number,
             bypass=tuple(bypass),
             families=families,
+            outbound_filters=outbound_filters,
+            inbound_filters=inbound_filters,
         )
 
     @property
     def tables(self) -> tuple[int, int]:
         return self.outbound_table, self.inbound_table
+
+    @property
+    def spd_bypass(self) -> tuple[FilterTerm, ...]:
+        """The workers' bypass entries, in order: the key servers' traffic, then each family's outbound filter.
+
+        A packet the rules should have kept out (it reached the TUN while
+        they changed) is passed in clear just the same.
+        """
+        servers = (FilterTerm(self.bypass),) if self.bypass else ()
+        return servers + tuple(term for service_filter in self.outbound_filters for term in service_filter.bypass())
 
     def _tun_routes(self) -> tuple[IpCommand, ...]:
         """Each table's default into its TUN (metric 0: it wins over the blackhole while the TUN exists)."""
@@ -193,13 +231,34 @@ class SteeringPlan:
                 for iif in (*self.lan, *self.wan):
                     spec = ("pref", bypass, "iif", iif, *selector_arguments(selector), "lookup", "main", *tag)
                     commands.append(_entry(family, "rule", spec))
-        steer = str(self.priority + 1)
         for family in self.families:
-            to_outbound = ("lookup", str(self.outbound_table), *tag)
-            to_inbound = ("ipproto", str(int(IpProtocol.ESP)), "lookup", str(self.inbound_table), *tag)
-            commands += [_entry(family, "rule", ("pref", steer, "iif", iif, *to_outbound)) for iif in self.lan]
-            commands += [_entry(family, "rule", ("pref", steer, "iif", iif, *to_inbound)) for iif in self.wan]
+            outbound = _filtered(self.outbound_filters, family, Selector())
+            inbound = _filtered(tuple(f.esp_only() for f in self.inbound_filters), family, Selector(protocol=_ESP))
+            commands += self._steering(family, outbound, self.lan, self.outbound_table)
+            commands += self._steering(family, inbound, self.wan, self.inbound_table)
         return tuple(commands)
+
+    def _steering(
+        self, family: int, terms: tuple[FilterTerm, ...], iifs: tuple[str, ...], table: int
+    ) -> list[IpCommand]:
+        """Term ``i``'s rules at preference ``priority + i``: to ``table`` (service) or the main table (skip)."""
+        commands = []
+        for preference, term in enumerate(terms, self.priority + 1):
+            target = ("lookup", "main" if term.skip else str(table), "protocol", str(ROUTE_PROTOCOL))
+            for selector in term.selectors:
+                for iif in iifs:
+                    spec = ("pref", str(preference), "iif", iif, *selector_arguments(selector), *target)
+                    commands.append(_entry(family, "rule", spec))
+        return commands
+
+
+_ESP = int(IpProtocol.ESP)
+
+
+def _filtered(filters: tuple[ServiceFilter, ...], family: int, everything: Selector) -> tuple[FilterTerm, ...]:
+    """The steering terms of one direction and family: its filter's, or ``everything`` serviced."""
+    service_filter = next((f for f in filters if f.family == family), None)
+    return (FilterTerm((everything,), skip=False),) if service_filter is None else service_filter.terms
 
 
 def key_server_bypass(servers: Sequence[str], ports: Sequence[int] = (848, 500)) -> tuple[Selector, ...]:
@@ -378,29 +437,64 @@ class Steering:
 
 
 def remove_leftovers(namespace: str | None, kept: Iterable[SteeringPlan], *, runner: Runner = run_ip) -> list[str]:
-    """Delete the numbered plans' rules and routes in ``namespace`` that none of ``kept`` uses; what was deleted.
+    """Delete the numbered plans' rules and tables in ``namespace`` that none of ``kept`` has; what was deleted.
 
     A member that exits leaves its guards in place; the next one keeps
     those of its own VPNs (``kept``, applied before) and removes the others:
     their VPNs are no longer configured or their service sets no longer
-    applied.  Only our own (protocol ``ROUTE_PROTOCOL``, numbered range)
-    is touched.
+    applied.  Rules are compared whole, so a kept plan's preferences lose
+    what its predecessor had there and it has not (an edited service
+    filter must not keep skipping what it now services).  Only our own
+    (protocol ``ROUTE_PROTOCOL``, numbered range) is touched.
     """
-    used = {n for plan in kept for n in (plan.priority, plan.priority + 1, *plan.tables)}
-    numbered = range(FIRST_NUMBERED, FIRST_NUMBERED + 2 * NUMBERED_PLANS)
+    kept = tuple(kept)
+    rules_kept = {(command.family, command.delete) for plan in kept for command in plan.guard}
+    tables_kept = {table for plan in kept for table in plan.tables}
+    preferences = range(FIRST_NUMBERED, FIRST_NUMBERED + PLAN_PREFERENCES * NUMBERED_PLANS)
+    tables = range(FIRST_NUMBERED, FIRST_NUMBERED + 2 * NUMBERED_PLANS)
     where = ("-n", namespace) if namespace is not None else ()
     deleted = []
     for family in (4, 6):
         ip = ("ip", *where, f"-{family}")
         rules = json.loads(runner((*ip, "-j", "rule", "show")) or "[]")
         for rule in rules:
-            priority = rule.get("priority")
-            if rule.get("protocol") == str(ROUTE_PROTOCOL) and priority in numbered and priority not in used:
-                runner((*ip, "rule", "del", "pref", str(priority), "protocol", str(ROUTE_PROTOCOL)))
-                deleted.append(f"IPv{family} rule {priority}")
+            if rule.get("protocol") == str(ROUTE_PROTOCOL) and rule.get("priority") in preferences:
+                delete = _deletion(rule)
+                if (family, delete) not in rules_kept:
+                    runner((*ip, *delete))
+                    deleted.append(f"IPv{family} rule {' '.join(delete[3:-2])}")
         routes = json.loads(runner((*ip, "-j", "route", "show", "table", "all", "proto", str(ROUTE_PROTOCOL))) or "[]")
         for table in sorted({int(r["table"]) for r in routes if r.get("table", "").isdigit()}):
-            if table in numbered and table not in used:
+            if table in tables and table not in tables_kept:
                 runner((*ip, "route", "flush", "table", str(table), "proto", str(ROUTE_PROTOCOL)))
                 deleted.append(f"IPv{family} table {table}")
     return deleted
+
+
+def _deletion(rule: dict[str, Any]) -> tuple[str, ...]:
+    """The ``rule del`` arguments of a rule ``ip -j rule show`` lists, as a plan writes those of its rules."""
+    args = ["rule", "del", "pref", str(rule["priority"])]
+    if "iif" in rule:
+        args += ["iif", rule["iif"]]
+    for key, word in (("src", "from"), ("dst", "to")):
+        if rule.get(key, "all") != "all":
+            address = ip_address(rule[key])
+            args += [word, f"{address}/{rule.get(f'{key}len', address.max_prefixlen)}"]
+    if "ipproto" in rule:
+        args += ["ipproto", _protocol_number(rule["ipproto"])]
+    for word in ("sport", "dport"):
+        if word in rule:
+            args += [word, str(rule[word])]
+        elif f"{word}_start" in rule:
+            args += [word, f"{rule[f'{word}_start']}-{rule[f'{word}_end']}"]
+    return (*args, "lookup", str(rule.get("table")), "protocol", str(ROUTE_PROTOCOL))
+
+
+def _protocol_number(name: str) -> str:
+    """iproute2 names protocols from /etc/protocols, "ipproto-N" when it has no name; the plans write numbers."""
+    if name.startswith("ipproto-"):
+        return name.removeprefix("ipproto-")
+    try:
+        return str(getprotobyname(name))
+    except OSError:
+        return name

@@ -23,11 +23,24 @@ TUN devices) the other.
 
 A service set on loopback protects nothing (no data plane).  The WAN MTU
 is the smallest of the WAN interfaces' MTUs.  Control traffic with the
-VPN's key servers (UDP to and from the server port and 500) is bypassed.
+VPN's key servers (UDP to and from the server port and 500) is bypassed,
+before anything else.
 
-Service filters are only names in the configuration model (it has no
-``firewall`` hierarchy), so ``unmodelled_filters`` lists them for the
-daemon to warn about; their traffic is not bypassed.
+Service filters (``service-set S service-filter F`` where the set is
+applied; terms in order, ``skip`` and no match bypass the VPN): the
+filter of the match direction decides which traffic entering the LAN is
+steered into the data plane, the filter of the other direction which ESP
+entering the WAN is (matched on its outer header: terms naming other
+protocols or ports cannot match ESP and drop out; with address
+preservation the outer addresses are the hosts').  Junos filters the
+traffic crossing the interface the filter is attached to; policy routing
+selects by input interface only, so a filter covers all of its
+direction's input interfaces, and the configuration allows one filter per
+direction and family.  In the seed's shape (the set applied both ways on
+the WAN, match direction output) that is the router's behaviour: the
+output filter picks what the LAN sends into the VPN, the input filter
+what arriving ESP is decrypted.  A family the namespace does not steer
+needs no filter.
 """
 
 from __future__ import annotations
@@ -35,14 +48,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_network, summarize_address_range
+from itertools import product
 
+from ..config.model import FAMILIES, MemberVpn, ServiceAttachment
 from ..config.model import FailOpenRule as ConfiguredFailOpen
-from ..config.model import MemberVpn, ServiceAttachment
-from ..config.values import DfBit, Direction
+from ..config.model import FilterTerm as ConfiguredTerm
+from ..config.model import ServiceFilter as ConfiguredFilter
+from ..config.values import DfBit, Direction, FilterAction
 from ..dataplane.channel import PolicyState
 from ..dataplane.esp_path import PRESERVES_DESTINATION, PRESERVES_SOURCE, DfMode, SaConfig
 from ..dataplane.manager import DataplaneDescription
-from ..dataplane.spd import ANY_PORT, FailOpenRule, Prefix, Rule, Selector
+from ..dataplane.spd import ANY_PORT, FailOpenRule, FilterTerm, Prefix, Rule, Selector, ServiceFilter
 from ..dataplane.steering import SteeringPlan, key_server_bypass
 from ..gdoi.policy import Address as PolicyAddress
 from ..gdoi.policy import SenderIds, TrafficSelector
@@ -80,9 +96,20 @@ class TrafficSettings:
         return tuple(dict.fromkeys(names))
 
     @property
-    def unmodelled_filters(self) -> tuple[str, ...]:
-        """Service filters named on the attachments; the steering does not apply them yet, so they bypass nothing."""
-        return tuple(dict.fromkeys(a.service_filter.name for a in self.attachments if a.service_filter is not None))
+    def reverse_direction(self) -> Direction:
+        return Direction.INPUT if self.match_direction is Direction.OUTPUT else Direction.OUTPUT
+
+    def filters(self, direction: Direction) -> tuple[ConfiguredFilter, ...]:
+        """The service filters applied in ``direction``, one per family at most (the configuration's rule)."""
+        found = (a.service_filter for a in self.attachments if a.direction is direction)
+        return tuple(dict.fromkeys(f for f in found if f is not None))
+
+    @property
+    def filter_names(self) -> str:
+        """The service filters by direction and family, for the log and ``show`` ("none" without)."""
+        family = {version: keyword for keyword, version in FAMILIES.items()}
+        named = (f"{d.value} {f.name} ({family[f.family]})" for d in Direction for f in self.filters(d))
+        return ", ".join(named) or "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +150,38 @@ def describe(
         raise NoDataplane(f"no {side} interface: the namespace has none besides {', '.join(attached)}")
     lan, wan = (others, attached) if traffic.match_direction is Direction.OUTPUT else (attached, others)
     bypass = key_server_bypass(gateway.servers, (gateway.server_port, IKE_PORT))
-    plan = SteeringPlan.numbered(number, lan, wan, bypass, (4, 6) if ipv6 else (4,))
+    families = (4, 6) if ipv6 else (4,)
+    outbound, inbound = (
+        tuple(service_filter(f) for f in traffic.filters(direction) if f.family in families)
+        for direction in (traffic.match_direction, traffic.reverse_direction)
+    )
+    plan = SteeringPlan.numbered(number, lan, wan, bypass, families, outbound, inbound)
     return DataplaneDescription(
         plan,
         mtu=min(present[name].mtu for name in wan),
         fail_open_rules=tuple(FailOpenRule(rule.source, rule.destination) for rule in traffic.fail_open),
+    )
+
+
+def service_filter(configured: ConfiguredFilter) -> ServiceFilter:
+    """A configured service filter in data-plane terms: each term's lists expand to their cross product."""
+    return ServiceFilter(
+        configured.family,
+        tuple(FilterTerm(_term_selectors(term), term.action is FilterAction.SKIP) for term in configured.terms),
+    )
+
+
+def _term_selectors(term: ConfiguredTerm) -> tuple[Selector, ...]:
+    """One selector per combination of the term's lists (an empty list: anything)."""
+    return tuple(
+        Selector(source, destination, protocol, source_ports, destination_ports)
+        for source, destination, protocol, source_ports, destination_ports in product(
+            term.sources or (None,),
+            term.destinations or (None,),
+            term.protocols or (None,),
+            term.source_ports or (ANY_PORT,),
+            term.destination_ports or (ANY_PORT,),
+        )
     )
 
 

@@ -251,11 +251,11 @@ def ipsec_statistics(
     group_id: int | None = None,
     detail: bool = False,
 ) -> View:
-    """One record per group VPN: its data plane's state, fail-open, packet counters and drops by reason.
+    """One record per group VPN: its data plane's state, service filters, fail-open, packet counters and drops.
 
     ``dataplanes`` maps a VPN to its data plane's ``data_plane`` status
-    line, ``fail_open`` and counters (summed over its workers; absent
-    while it does not run).
+    line, ``service_filters``, ``fail_open`` and counters (summed over its
+    workers; absent while it does not run).
     """
     registrations = state.registrations(group_id)
     records = []
@@ -266,6 +266,7 @@ def ipsec_statistics(
             "vpn": name,
             "group": registration.settings.group_id,
             "data_plane": found.get("data_plane", "none"),
+            "service_filters": found.get("service_filters", "none"),
             "fail_open": found.get("fail_open", False),
         }
         record |= {field: found.get(field, 0) for field in _TRAFFIC}

@@ -166,7 +166,7 @@ class MemberDataplanes:
             self._timer.cancel()
 
     def statistics(self) -> dict[str, dict[str, Any]]:
-        """Per VPN: ``data_plane`` (where it stands), ``fail_open`` and, while it runs, its counters.
+        """Per VPN: ``data_plane`` (where it stands), ``service_filters``, ``fail_open``, its counters while it runs.
 
         The counters are ``Dataplane.counters``' (the workers' latest reports).
         """
@@ -190,6 +190,7 @@ class MemberDataplanes:
                 else:
                     status = "starting"
                 report[name] = {"data_plane": status + (f"; {DROPPED}" if vpn is not None else "")}
+            report[name]["service_filters"] = _traffic(settings).filter_names
         return report
 
     # -- reconciling ----------------------------------------------------------------------
@@ -331,21 +332,15 @@ class MemberDataplanes:
         vpn.plane = plane
         plan = description.steering
         log.info(
-            "vpn %s: data plane up%s: %d workers, LAN %s, WAN %s, MTU %d",
+            "vpn %s: data plane up%s: %d workers, LAN %s, WAN %s, MTU %d, service filters %s",
             vpn.name,
             _in(vpn.steering.namespace),
             plane.workers,
             ", ".join(plan.lan),
             ", ".join(plan.wan),
             description.mtu,
+            vpn.traffic.filter_names,
         )
-        for name in vpn.traffic.unmodelled_filters:
-            log.warning(
-                "vpn %s: service filter %s is not modelled (the configuration has no firewall filters): "
-                "its traffic is not bypassed",
-                vpn.name,
-                name,
-            )
 
     async def _stop(self, vpn: _Vpn, reason: str) -> None:
         plane = vpn.plane
