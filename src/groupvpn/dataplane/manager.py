@@ -16,6 +16,10 @@ either registers them with its event loop (``attach``) or lets
 ``counters`` pick them up when asked; nothing here ever blocks on a worker
 except ``start`` (bounded, before traffic flows) and ``counters(wait=...)``.
 
+IPv4 multicast, which policy routing cannot steer, takes ``tc`` filters
+into the TUNs and raw sockets out of them (``multicast``), connected and
+disconnected with the TUN routes.
+
 ``stop`` disconnects the TUNs first (the guard drops the traffic), then
 closes the channels: workers exit on end of file (stragglers are killed
 after a grace period) and the devices disappear with them.
@@ -54,6 +58,7 @@ from .channel import (
     receive,
     send,
 )
+from .multicast import MulticastSteering, open_senders
 from .spd import FailOpenRule
 from .steering import Steering, SteeringError, SteeringPlan, run_ip
 from .tun import Tun, TunSettings, open_tun
@@ -134,6 +139,9 @@ class Dataplane:
             raise DataplaneError("the steering given is not the description's plan in this namespace")
         self._own_guard = steering is None
         self.steering = steering if steering is not None else Steering(description.steering, namespace)
+        ipv4 = 4 in description.steering.families
+        self.multicast = MulticastSteering(description.steering, namespace) if ipv4 else None
+        self._senders: list[socket.socket] = []  # the multicast raw sockets, until every worker holds them
         self.rejections: list[Rejected] = []
         self._tuns: list[Tun] = []
         self._handles: list[_WorkerHandle] = []
@@ -153,6 +161,9 @@ class Dataplane:
         try:
             for name in (plan.outbound_tun, plan.inbound_tun):
                 self._tuns.append(open_tun(self.description.tun(name, self.workers), self.namespace))
+            if self.multicast is not None:
+                wan, lan = open_senders(self.namespace, plan.wan[0], plan.lan)
+                self._senders = [wan, *lan]
             icmp_sources = self._icmp_sources()
             for index in range(self.workers):
                 self._spawn(index, icmp_sources)
@@ -161,6 +172,8 @@ class Dataplane:
             if self._own_guard:
                 self.steering.apply()
             self.steering.connect()
+            if self.multicast is not None:
+                self.multicast.connect()
         except BaseException:
             self.stop()
             raise
@@ -182,9 +195,12 @@ class Dataplane:
         mine, theirs = channel_pair()
         with theirs:
             fds = ("--channel", str(theirs.fileno()), "--outbound", str(outbound), "--inbound", str(inbound))
+            senders = [raw.fileno() for raw in self._senders]
+            if senders:
+                fds += ("--multicast-wan", str(senders[0]), "--multicast-lan", *map(str, senders[1:]))
             process = subprocess.Popen(
                 [sys.executable, "-m", "groupvpn.dataplane.worker", *fds],
-                pass_fds=(theirs.fileno(), outbound, inbound),
+                pass_fds=(theirs.fileno(), outbound, inbound, *senders),
                 stdin=subprocess.DEVNULL,
             )
         self._handles.append(_WorkerHandle(index, process, mine))
@@ -223,6 +239,8 @@ class Dataplane:
         self.detach()
         problem: SteeringError | None = None
         try:
+            if self.multicast is not None:
+                self.multicast.disconnect()
             if self._own_guard:
                 self.steering.remove()  # the TUN routes with the rest
             else:
@@ -247,6 +265,9 @@ class Dataplane:
         for tun in self._tuns:
             tun.close()
         self._tuns = []
+        for raw in self._senders:
+            raw.close()
+        self._senders = []
 
     # -- policy -------------------------------------------------------------------------
 

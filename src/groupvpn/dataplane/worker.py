@@ -5,8 +5,9 @@ outbound queue (LAN traffic steered in: policy lookup, then ESP, clear or
 drop), the inbound queue (the group's ESP steered in from the WAN:
 reassembly, decryption) and the channel from the manager.  Each wake-up
 drains up to ``batch`` packets per queue; results are written back to the
-TUN and the kernel routes them by their (preserved) addresses.  Nothing is
-logged on the packet path: every outcome is a counter.
+TUN and the kernel routes them by their (preserved) addresses; IPv4
+multicast ones leave through raw sockets instead (``multicast``).
+Nothing is logged on the packet path: every outcome is a counter.
 
 A new ``PolicyState`` is built completely (SAs, policy, accepted SPIs)
 before it replaces the old one between two batches, so every packet sees
@@ -54,6 +55,7 @@ from .channel import (
     send,
 )
 from .esp_path import Decapsulator, Encapsulator, EspSa, IvSource, SaConfig
+from .multicast import MulticastOutput, is_multicast_v4
 from .reassembly import Reassembler
 from .spd import Spd
 
@@ -63,8 +65,16 @@ SETUP_TIMEOUT = 30.0
 class Worker:
     """One worker's state and packet loop over its two TUN queue fds and its channel end."""
 
-    def __init__(self, setup: WorkerSetup, channel: socket.socket, outbound_fd: int, inbound_fd: int) -> None:
+    def __init__(
+        self,
+        setup: WorkerSetup,
+        channel: socket.socket,
+        outbound_fd: int,
+        inbound_fd: int,
+        multicast: MulticastOutput | None = None,
+    ) -> None:
         self.setup = setup
+        self.multicast = multicast
         self.channel = channel
         self.outbound_fd = outbound_fd
         self.inbound_fd = inbound_fd
@@ -141,9 +151,13 @@ class Worker:
                     encrypted += len(out) - before
                     protected += len(packet)
         errors = 0
+        multicast = self.multicast
         for packet in out:
             try:
-                write(fd, packet)
+                if multicast is not None and is_multicast_v4(packet):
+                    multicast.to_wan(packet)
+                else:
+                    write(fd, packet)
             except OSError:
                 errors += 1
         counts = self.counts
@@ -159,6 +173,7 @@ class Worker:
         """Read up to ``batch`` ESP packets from the WAN and write back what decrypts; how many were read."""
         fd, size, read, write = self.inbound_fd, self.read_size, os.read, os.write
         process = self.decapsulator.process
+        multicast = self.multicast
         packets = octets = decrypted = delivered = errors = 0
         for _ in range(self.setup.batch):
             try:
@@ -170,7 +185,10 @@ class Worker:
             inner = process(packet, now)
             if type(inner) is bytes:
                 try:
-                    write(fd, inner)
+                    if multicast is not None and is_multicast_v4(inner):
+                        multicast.to_lan(inner)
+                    else:
+                        write(fd, inner)
                 except OSError:
                     errors += 1
                     continue
@@ -246,13 +264,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--channel", type=int, required=True)
     parser.add_argument("--outbound", type=int, required=True, help="outbound TUN queue fd")
     parser.add_argument("--inbound", type=int, required=True, help="inbound TUN queue fd")
+    parser.add_argument("--multicast-wan", type=int, help="raw socket fd out of the WAN (multicast.open_senders)")
+    parser.add_argument("--multicast-lan", type=int, nargs="*", default=[], help="raw socket fds out of the LANs")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the manager decides when workers end
     channel = socket.socket(fileno=args.channel)
     setup = _await_setup(channel)
     if setup.cpu is not None:
         os.sched_setaffinity(0, {setup.cpu})
-    worker = Worker(setup, channel, args.outbound, args.inbound)
+    multicast = None
+    if args.multicast_wan is not None:
+        lan = [socket.socket(fileno=fd) for fd in args.multicast_lan]
+        multicast = MulticastOutput(socket.socket(fileno=args.multicast_wan), lan)
+    worker = Worker(setup, channel, args.outbound, args.inbound, multicast)
     send(channel, encode(Ready(setup.index)))
     worker.run()
     return 0
