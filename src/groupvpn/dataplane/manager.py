@@ -88,7 +88,7 @@ class DataplaneDescription:
     report_interval: float = 1.0
     txqueuelen: int = 1000
     pin_workers: bool = False
-    offload: bool = True
+    offload: bool = False
 
     def __post_init__(self) -> None:
         if self.batch < 1 or self.report_interval <= 0:

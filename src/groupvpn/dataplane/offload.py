@@ -31,8 +31,9 @@ machine, more than a segment's share of what coalescing saves:
   where written alone the host would have dropped it.  ESP's ICV covers
   the WAN.  Verifying cost more than coalescing gains (one TCP stream,
   median of 4 alternating runs on a loaded machine: 206 Mbit/s with
-  verification, 380 without, 259 without offload); a member that wants
-  the end-to-end check runs with offload off.
+  verification, 380 without, 259 without offload).  This is why offload
+  is off unless the operator asks for it (member ``--dataplane-offload
+  on``): the default keeps the hosts' end-to-end check.
 * TSO reads (``TUN_F_TSO4``/``TSO6`` on the outbound TUN) would hand the
   worker 64 KiB packets to cut up, each segment needing a full checksum:
   the worker that carries the flow then falls behind (137 Mbit/s

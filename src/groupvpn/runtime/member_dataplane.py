@@ -78,7 +78,7 @@ class DataplaneOptions:
     enabled: bool = True
     workers: int | None = None
     pin_workers: bool = False
-    offload: bool = True
+    offload: bool = False
 
 
 @dataclass
