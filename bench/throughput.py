@@ -6,12 +6,15 @@ on exit, even on failure or Ctrl-C.  The paths take turns on the same
 namespaces: plain routing, then per ``--esp`` suite strongSwan, then
 groupvpn's daemons with that suite in the lab key server's configuration
 (default data-plane workers, then ``--dataplane-workers 1`` for the
-one-worker 64-octet rate).  Every test is run ``--repeat`` times for
-``--seconds`` each and the median is reported, with ratios to the plain
-routed path and, for the group VPN, to strongSwan with the same suite:
+one-worker 64-octet rate, then ``--dataplane-offload on`` for TCP
+with the GSO writes of ``dataplane.offload``).  Every test is run
+``--repeat`` times for ``--seconds`` each and the median is reported,
+with ratios to the plain routed path and, for the group VPN, to
+strongSwan with the same suite:
 
 * ``tcp``: one stream.  packets/s counts what h2's interface received;
-  on plain veths TCP travels as GSO super-packets, each counted once.
+  on plain veths, and from a member writing with offload, TCP travels as
+  GSO super-packets, each counted once.
 * ``udp1400`` / ``udp64``: ``-b 0`` (as fast as the sender can) with
   1372- and 36-octet payloads, i.e. 1400- and 64-octet IPv4 packets.
   An overload test: Mbit/s is iperf3's delivered payload rate, packets/s
@@ -233,6 +236,7 @@ def main() -> int:
                 for workers, tests, label in (
                     ((), tuple(TESTS), f"groupvpn {esp}"),
                     (("--dataplane-workers", "1"), ("udp64",), f"groupvpn {esp}, 1 worker"),
+                    (("--dataplane-offload", "on"), ("tcp",), f"groupvpn {esp}, offload on"),
                 ):
                     run = (workdir / "lab", lab, esp, args.seconds, args.repeat, workers, tests)
                     results[label], proof = groupvpn(*run)
@@ -250,7 +254,7 @@ def main() -> int:
     print(f"each cell: median of {args.repeat} iperf3 runs of {args.seconds} s, h1 -> h2 through gm1, WAN, gm2")
     if skipped:
         print(f"strongSwan not measured: {skipped}")
-    workers = "default data-plane workers (one per CPU), then --dataplane-workers 1"
+    workers = "default data-plane workers (one per CPU), then --dataplane-workers 1, then --dataplane-offload on"
     print(f"group VPN: {workers if args.groupvpn else 'not measured (--no-groupvpn)'}")
     print(*proofs, sep="\n")
     print()

@@ -66,6 +66,49 @@ def udp(
     return bytes(ip6)
 
 
+def tcp(
+    src: str = "198.18.1.1",
+    dst: str = "198.18.2.2",
+    payload: bytes = b"",
+    *,
+    sport: int = 40000,
+    dport: int = 5201,
+    seq: int = 1000,
+    ack: int = 0,
+    flags: int = dpkt.tcp.TH_ACK,
+    window: int = 502,
+    options: bytes = b"",
+    ip_options: bytes = b"",
+    tos: int = 0,
+    ttl: int = 64,
+    df: bool = True,
+    ident: int = 0,
+) -> bytes:
+    """An IPv4 or IPv6 TCP segment with correct lengths and checksums."""
+    segment = dpkt.tcp.TCP(
+        sport=sport,
+        dport=dport,
+        seq=seq & 0xFFFFFFFF,
+        ack=ack,
+        flags=flags,
+        win=window,
+        opts=options,
+        off=(20 + len(options)) // 4,
+        data=payload,
+    )
+    s, d = ip_address(src), ip_address(dst)
+    if isinstance(s, IPv4Address):
+        ip = dpkt.ip.IP(src=s.packed, dst=d.packed, p=6, tos=tos, ttl=ttl, id=ident, data=segment)
+        ip.opts = ip_options
+        ip.hl = 5 + len(ip_options) // 4
+        ip.len = ip.hl * 4 + len(segment)
+        ip.df = int(df)
+        return bytes(ip)
+    ip6 = dpkt.ip6.IP6(src=s.packed, dst=d.packed, nxt=6, hlim=ttl, fc=tos, data=segment)
+    ip6.plen = len(segment)
+    return bytes(ip6)
+
+
 def icmp_echo(src: str = "198.18.1.1", dst: str = "198.18.2.2", size: int = 56) -> bytes:
     echo = dpkt.icmp.ICMP(type=8, data=dpkt.icmp.ICMP.Echo(id=7, seq=1, data=bytes(size)))
     return bytes(dpkt.ip.IP(src=IPv4Address(src).packed, dst=IPv4Address(dst).packed, p=1, data=echo))

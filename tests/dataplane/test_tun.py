@@ -11,10 +11,12 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 
+import dpkt
 import pytest
-from dataplane_packets import udp
+from dataplane_packets import rfc1071, tcp, udp
 
 from groupvpn.dataplane.namespace import NamespaceError, in_namespace
+from groupvpn.dataplane.offload import PLAIN, PLAIN_READS, VNET_HEADER_SIZE, Coalescer
 from groupvpn.dataplane.tun import TunError, TunSettings, open_tun
 
 pytestmark = [
@@ -83,6 +85,69 @@ def test_packets_routed_into_the_device_are_read_and_written_packets_are_deliver
             receiver.settimeout(5)
             os.write(tun.fds[1], udp("198.18.251.7", LOCAL, b"out of the tun", sport=5000, dport=6000))
             assert receiver.recvfrom(100) == (b"out of the tun", ("198.18.251.7", 5000))
+
+
+def read_one(fd: int) -> bytes:
+    ready, _, _ = select.select([fd], [], [], 5)
+    assert ready, "nothing arrived"
+    return os.read(fd, 70000)
+
+
+def rx_packets(namespace: str, device: str) -> int:
+    (link,) = json.loads(ip("-n", namespace, "-s", "-j", "link", "show", "dev", device))
+    return int(link["stats64"]["rx"]["packets"])
+
+
+@pytest.mark.parametrize(
+    ("local", "client", "beyond"),
+    [(LOCAL, "198.18.251.7", BEYOND), ("2001:2::fa:1", "2001:2::fb:7", "2001:2::fb:0/112")],
+    ids=["ipv4", "ipv6"],
+)
+def test_a_vnet_header_device_takes_a_run_of_tcp_segments_in_one_gso_write(
+    namespace: str, local: str, client: str, beyond: str
+) -> None:
+    """A hand-made TCP client behind the TUN talks to a socket in the namespace; its data goes in one write."""
+    port, v6 = 5201, ":" in local
+    if v6:
+        ip("-n", namespace, "addr", "add", f"{local}/128", "dev", "lo")
+    with open_tun(TunSettings("gvt7", vnet_header=True, ipv6=v6), namespace) as tun:
+        (link,) = json.loads(ip("-n", namespace, "-j", "-d", "link", "show", "dev", "gvt7"))
+        assert link["linkinfo"]["info_data"]["vnet_hdr"] is True
+        ip("-n", namespace, "route", "add", beyond, "dev", "gvt7")
+        (fd,) = tun.fds
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        listener = in_namespace(namespace, lambda: socket.create_server((local, port), family=family))
+        with listener:
+            listener.settimeout(5)
+            os.write(fd, PLAIN + tcp(client, local, sport=40000, dport=port, seq=999, flags=dpkt.tcp.TH_SYN))
+            answer = read_one(fd)  # the SYN-ACK: a whole packet, its checksum complete
+            assert answer[:VNET_HEADER_SIZE] in PLAIN_READS
+            syn_ack = answer[VNET_HEADER_SIZE:]
+            if v6:
+                segment = syn_ack[40:]
+                pseudo = syn_ack[8:40] + len(segment).to_bytes(4, "big") + bytes((0, 0, 0, 6))
+            else:
+                segment = syn_ack[20:]
+                pseudo = syn_ack[12:20] + bytes((0, 6)) + len(segment).to_bytes(2, "big")
+            assert rfc1071(pseudo + segment) == 0
+            ack = dpkt.tcp.TCP(segment).seq + 1
+            os.write(fd, PLAIN + tcp(client, local, sport=40000, dport=port, seq=1000, ack=ack))
+            connection, _ = listener.accept()
+            with connection:
+                coalescer = Coalescer()
+                for i in range(20):
+                    chunk = bytes([65 + i]) * 1400
+                    coalescer.push(tcp(client, local, chunk, sport=40000, dport=port, seq=1000 + 1400 * i, ack=ack))
+                ((data, joined, _),) = coalescer.flush()
+                before = rx_packets(namespace, "gvt7")
+                assert joined == 20 and os.write(fd, data) == len(data)
+                after = rx_packets(namespace, "gvt7")
+                received = b""
+                connection.settimeout(5)
+                while len(received) < 20 * 1400:
+                    received += connection.recv(65536)
+    assert received == b"".join(bytes([65 + i]) * 1400 for i in range(20))
+    assert after - before == 1  # one packet into the kernel for 20 segments
 
 
 def test_an_existing_name_is_refused(namespace: str) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from ipaddress import ip_network
 
 import pytest
-from dataplane_packets import CBC_SHA1, GCM128, NOW, keys_for, udp
+from dataplane_packets import CBC_SHA1, GCM128, NOW, keys_for, tcp, udp
 from member_pair import DENIED_PORT, HOST_A, HOST_B, LAN_A, LAN_B, SPI, policy
 
 from groupvpn.crypto.suites import EspKeys
@@ -32,6 +32,7 @@ from groupvpn.dataplane.channel import (
     send,
 )
 from groupvpn.dataplane.esp_path import SaConfig
+from groupvpn.dataplane.offload import PLAIN, VNET_HEADER_SIZE, GsoType, VnetFlag, VnetHeader
 from groupvpn.dataplane.spd import FailOpenRule, FilterTerm, Rule, Selector, SpdError
 from groupvpn.dataplane.worker import Worker
 from groupvpn.wire.esp import ESP_HEADER_SIZE
@@ -125,6 +126,31 @@ def test_protected_traffic_is_encrypted_and_the_peer_decrypts_it(make_worker) ->
     assert (a.count(Counter.OUTBOUND_BYTES), a.count(Counter.ENCRYPTED_BYTES)) == (len(packet), len(packet))
     assert (b.count(Counter.INBOUND_PACKETS), b.count(Counter.INBOUND_BYTES)) == (1, len(esp))
     assert (b.count(Counter.DECRYPTED_PACKETS), b.count(Counter.DECRYPTED_BYTES)) == (1, len(packet))
+
+
+def test_with_offload_a_batch_of_segments_is_written_joined_and_counted_per_packet(make_worker) -> None:
+    a, b = make_worker(state=gcm_policy()), make_worker(state=gcm_policy(), offload=True)
+    segments = [tcp(HOST_A, HOST_B, bytes([i]) * 1000, seq=1000 * (i + 1), ident=i) for i in range(8)]
+    other = udp(HOST_A, HOST_B, b"not tcp")
+    esp = a.lan(*segments, other)
+    written = b.wan(*(PLAIN + packet for packet in esp))
+    joined, alone = written
+    header = VnetHeader.decode(joined)
+    assert (header.flags, header.gso_type, header.gso_size) == (VnetFlag.NEEDS_CSUM, GsoType.TCPV4, 1000)
+    assert joined[VNET_HEADER_SIZE + 20 + 20 :] == b"".join(segment[40:] for segment in segments)
+    assert alone == PLAIN + other
+    assert (b.count(Counter.INBOUND_PACKETS), b.count(Counter.INBOUND_BYTES)) == (9, sum(map(len, esp)))
+    inner = [*segments, other]
+    assert (b.count(Counter.DECRYPTED_PACKETS), b.count(Counter.DECRYPTED_BYTES)) == (9, sum(map(len, inner)))
+
+
+def test_with_offload_a_read_asking_for_segmentation_is_dropped(make_worker) -> None:
+    a, b = make_worker(state=gcm_policy()), make_worker(state=gcm_policy(), offload=True)
+    (esp,) = a.lan(udp(HOST_A, HOST_B))
+    gso = VnetHeader(VnetFlag.NEEDS_CSUM, GsoType.TCPV4, False, 40, 1000, 20, 16).encode()
+    assert b.wan(gso + esp, VnetHeader(VnetFlag.NEEDS_CSUM, csum_start=20, csum_offset=6).encode() + esp) == []
+    assert b.worker.drops[DropReason.VNET_HEADER] == 2
+    assert (b.count(Counter.INBOUND_PACKETS), b.count(Counter.DECRYPTED_PACKETS)) == (2, 0)
 
 
 def test_denied_traffic_goes_back_in_clear_and_unmatched_traffic_is_dropped(make_worker) -> None:

@@ -9,6 +9,7 @@ dropped packet costs one counter increment and returns its reason.
 spd          ordered rules, bypass and fail-open entries, flow cache
 esp_path     SAs, encapsulation (header preservation, DF, pre-fragmentation, ICMP) and decapsulation
 reassembly   outer ESP fragments, bounded and timed out
+offload      the TUN's virtio_net_hdr, decrypted TCP segments joined into GSO packets
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class DropReason(IntEnum):
     MTU_TOO_SMALL = 20  # the WAN MTU cannot carry even a minimal fragment
     FAMILY_MISMATCH = 21  # the SA's tunnel addresses are not of the packet's IP version
     IV_EXHAUSTED = 22  # the SA's counter IVs ran out; it needs replacing
+    VNET_HEADER = 23  # a TUN read's virtio_net_hdr asks for segmentation or checksums that were never offered
 
 
 class DropCounters:

@@ -89,6 +89,7 @@ class WorkerSetup:
     batch: int = 64  # packets read from one TUN queue per wake-up at most
     report_interval: float = 1.0
     cpu: int | None = None  # pin the worker to this CPU
+    offload: bool = False  # the inbound queue is IFF_VNET_HDR: decrypted TCP segments are written joined
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,7 +79,9 @@ class DataplaneDescription:
     ``icmp_source_v4``/``v6`` is the address ICMP "too big" errors to LAN
     hosts come from; None: the first LAN interface's first address of that
     family when the data plane starts (without one, path MTU discovery
-    through the VPN would be a black hole).
+    through the VPN would be a black hole).  ``offload``: the inbound TUN
+    takes a batch's decrypted TCP segments joined into GSO packets
+    (``dataplane.offload``).
     """
 
     steering: SteeringPlan
@@ -91,13 +93,14 @@ class DataplaneDescription:
     report_interval: float = 1.0
     txqueuelen: int = 1000
     pin_workers: bool = False
+    offload: bool = False
 
     def __post_init__(self) -> None:
         if self.batch < 1 or self.report_interval <= 0:
             raise DataplaneError(f"batch {self.batch} and report interval {self.report_interval} must be positive")
 
-    def tun(self, name: str, queues: int) -> TunSettings:
-        return TunSettings(name, queues, self.mtu, self.txqueuelen, ipv6=6 in self.steering.families)
+    def tun(self, name: str, queues: int, vnet_header: bool = False) -> TunSettings:
+        return TunSettings(name, queues, self.mtu, self.txqueuelen, 6 in self.steering.families, vnet_header)
 
 
 class _WorkerHandle:
@@ -159,8 +162,8 @@ class Dataplane:
         self._started = True
         plan = self.description.steering
         try:
-            for name in (plan.outbound_tun, plan.inbound_tun):
-                self._tuns.append(open_tun(self.description.tun(name, self.workers), self.namespace))
+            for name, vnet_header in ((plan.outbound_tun, False), (plan.inbound_tun, self.description.offload)):
+                self._tuns.append(open_tun(self.description.tun(name, self.workers, vnet_header), self.namespace))
             if self.multicast is not None:
                 wan, lan = open_senders(self.namespace, plan.wan[0], plan.lan)
                 self._senders = [wan, *lan]
@@ -217,6 +220,7 @@ class Dataplane:
             batch=d.batch,
             report_interval=d.report_interval,
             cpu=cpus[index % len(cpus)] if d.pin_workers else None,
+            offload=d.offload,
         )
         self._send(self._handles[-1], encode(setup))
         if self._state is not None:

@@ -5,7 +5,11 @@ network namespace (``IFF_TUN | IFF_NO_PI``: every read and write is one
 bare IPv4/IPv6 packet).  With more than one queue it is ``IFF_MULTI_QUEUE``
 and the kernel spreads flows over the queues by flow hash, so each worker
 process owns one fd and a flow always meets the same worker
-(lab-notes/perf-baseline.md §3c).  The device lives exactly as long as one
+(lab-notes/perf-baseline.md §3c).  With ``vnet_header`` it is also
+``IFF_VNET_HDR``: every read and write starts with a ``virtio_net_hdr``
+(``offload``), so a write can be a GSO packet; no offloads are offered
+for reads (``TUNSETOFFLOAD`` 0), so the kernel still hands out whole
+packets with complete checksums.  The device lives exactly as long as one
 of its fds is open: closing them removes it, with every route through it.
 
 Configured once at creation, in the same namespace thread:
@@ -48,6 +52,8 @@ TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_MULTI_QUEUE = 0x0100
+IFF_VNET_HDR = 0x4000
+TUNSETOFFLOAD = 0x400454D0
 IFF_UP = 0x0001
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
@@ -72,13 +78,14 @@ def valid_ifname(name: str) -> bool:
 
 @dataclass(frozen=True)
 class TunSettings:
-    """How a TUN device is created: its name, queues (one per worker) and link settings."""
+    """How a TUN device is created: its name, queues (one per worker), link settings, virtio_net_hdr or not."""
 
     name: str
     queues: int = 1
     mtu: int = 1500
     txqueuelen: int = 1000
     ipv6: bool = False
+    vnet_header: bool = False
 
     def __post_init__(self) -> None:
         if not valid_ifname(self.name):
@@ -128,6 +135,7 @@ def _create(settings: TunSettings) -> Tun:
     else:
         raise TunError(f"an interface named {name} already exists")
     flags = IFF_TUN | IFF_NO_PI | (IFF_MULTI_QUEUE if settings.queues > 1 else 0)
+    flags |= IFF_VNET_HDR if settings.vnet_header else 0
     request = _IFREQ_FLAGS.pack(name.encode(), flags)
     fds: list[int] = []
     try:
@@ -135,6 +143,8 @@ def _create(settings: TunSettings) -> Tun:
             fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
             fds.append(fd)
             fcntl.ioctl(fd, TUNSETIFF, request)
+            if settings.vnet_header:
+                fcntl.ioctl(fd, TUNSETOFFLOAD, 0)
         _configure(settings)
     except OSError as err:
         for fd in fds:

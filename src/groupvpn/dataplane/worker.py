@@ -6,8 +6,12 @@ drop), the inbound queue (the group's ESP steered in from the WAN:
 reassembly, decryption) and the channel from the manager.  Each wake-up
 drains up to ``batch`` packets per queue; results are written back to the
 TUN and the kernel routes them by their (preserved) addresses; IPv4
-multicast ones leave through raw sockets instead (``multicast``).
-Nothing is logged on the packet path: every outcome is a counter.
+multicast ones leave through raw sockets instead (``multicast``).  With
+``offload`` the inbound queue speaks virtio_net_hdr and a batch's
+decrypted packets are written at its end, each flow's TCP segments joined
+into GSO packets (``offload.Coalescer``).  Nothing is logged on the packet
+path: every outcome is a counter, and counters count inner packets, not
+writes.
 
 A new ``PolicyState`` is built completely (SAs, policy, accepted SPIs)
 before it replaces the old one between two batches, so every packet sees
@@ -40,7 +44,7 @@ from collections.abc import Sequence
 
 from ..crypto.errors import CryptoError
 from ..crypto.suites import CounterIvSource
-from . import DropCounters
+from . import DropCounters, DropReason
 from .channel import (
     ChannelError,
     Counter,
@@ -56,6 +60,7 @@ from .channel import (
 )
 from .esp_path import Decapsulator, Encapsulator, EspSa, IvSource, SaConfig
 from .multicast import MulticastOutput, is_multicast_v4
+from .offload import PLAIN_READS, VNET_HEADER_SIZE, Coalescer
 from .reassembly import Reassembler
 from .spd import Spd
 
@@ -79,6 +84,8 @@ class Worker:
         self.outbound_fd = outbound_fd
         self.inbound_fd = inbound_fd
         self.read_size = setup.mtu
+        self.coalescer = Coalescer() if setup.offload else None
+        self.inbound_size = setup.mtu + (VNET_HEADER_SIZE if setup.offload else 0)
         self.counts = [0] * len(Counter)
         self.drops = DropCounters()
         self.reassembler = Reassembler(drops=self.drops)
@@ -171,9 +178,10 @@ class Worker:
 
     def drain_inbound(self, now: float) -> int:
         """Read up to ``batch`` ESP packets from the WAN and write back what decrypts; how many were read."""
-        fd, size, read, write = self.inbound_fd, self.read_size, os.read, os.write
+        fd, size, read, write = self.inbound_fd, self.inbound_size, os.read, os.write
         process = self.decapsulator.process
         multicast = self.multicast
+        coalescer = self.coalescer
         packets = octets = decrypted = delivered = errors = 0
         for _ in range(self.setup.batch):
             try:
@@ -181,12 +189,21 @@ class Worker:
             except BlockingIOError:
                 break
             packets += 1
+            if coalescer is not None:
+                head, packet = packet[:VNET_HEADER_SIZE], packet[VNET_HEADER_SIZE:]
+                if head not in PLAIN_READS:
+                    octets += len(packet)
+                    self.drops.add(DropReason.VNET_HEADER)
+                    continue
             octets += len(packet)
             inner = process(packet, now)
             if type(inner) is bytes:
                 try:
                     if multicast is not None and is_multicast_v4(inner):
                         multicast.to_lan(inner)
+                    elif coalescer is not None:
+                        coalescer.push(inner)  # written and counted at the end of the batch
+                        continue
                     else:
                         write(fd, inner)
                 except OSError:
@@ -194,6 +211,15 @@ class Worker:
                     continue
                 decrypted += 1
                 delivered += len(inner)
+        if coalescer is not None:
+            for data, joined, inner_octets in coalescer.flush():
+                try:
+                    write(fd, data)
+                except OSError:
+                    errors += joined
+                    continue
+                decrypted += joined
+                delivered += inner_octets
         counts = self.counts
         counts[Counter.INBOUND_PACKETS] += packets
         counts[Counter.INBOUND_BYTES] += octets

@@ -72,11 +72,13 @@ DROPPED = "service-set traffic dropped"
 @dataclass(frozen=True)
 class DataplaneOptions:
     """``enabled``: False runs the control plane only; ``workers`` per data plane (None: one per CPU);
-    ``pin_workers``: worker i runs on CPU i only (a gateway of its own; never when members share CPUs)."""
+    ``pin_workers``: worker i runs on CPU i only (a gateway of its own; never when members share CPUs);
+    ``offload``: decrypted TCP segments are written to the TUN joined as GSO packets (``dataplane.offload``)."""
 
     enabled: bool = True
     workers: int | None = None
     pin_workers: bool = False
+    offload: bool = False
 
 
 @dataclass
@@ -293,7 +295,7 @@ class MemberDataplanes:
         """``settings``' data plane with the interfaces its namespace has now."""
         interfaces, ipv6 = await self._loop.run_in_executor(None, read_interfaces, settings.gateway.routing_instance)
         description = describe(number, _traffic(settings), settings.gateway, interfaces, ipv6)
-        return replace(description, pin_workers=self.options.pin_workers)
+        return replace(description, pin_workers=self.options.pin_workers, offload=self.options.offload)
 
     def _free_number(self) -> int:
         taken = {vpn.number for vpn in self._vpns.values()}
