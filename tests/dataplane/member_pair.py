@@ -22,13 +22,15 @@ import os
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from ipaddress import IPv6Network
 
 from groupvpn.crypto.suites import EspSuite
 from groupvpn.dataplane.channel import PolicyState
 from groupvpn.dataplane.esp_path import SaConfig
-from groupvpn.dataplane.manager import DataplaneDescription
+from groupvpn.dataplane.manager import Dataplane, DataplaneDescription
 from groupvpn.dataplane.spd import Rule, Selector
 from groupvpn.dataplane.steering import SteeringPlan, key_server_bypass
 from groupvpn.ops.lab import Lab
@@ -172,3 +174,21 @@ def description(pair: MemberPair, families: tuple[int, ...] = (4,)) -> Dataplane
     """Both members' data plane: LAN ``lan``, WAN ``wan``, the key server bypassed, reports every 0.2 s."""
     plan = SteeringPlan.numbered(0, ["lan"], ["wan"], key_server_bypass([pair.key_server_address]), families)
     return DataplaneDescription(plan, report_interval=0.2)
+
+
+@contextmanager
+def running(
+    pair: MemberPair, description: DataplaneDescription, state: PolicyState, workers: int = 2
+) -> Iterator[tuple[Dataplane, Dataplane]]:
+    """Member A's and member B's data planes started with ``state``, stopped when the block ends."""
+    started: list[Dataplane] = []
+    try:
+        for namespace in (pair.member_a, pair.member_b):
+            dataplane = Dataplane(namespace, description, workers=workers)
+            dataplane.update(state)
+            dataplane.start()
+            started.append(dataplane)
+        yield started[0], started[1]
+    finally:
+        for dataplane in started:
+            dataplane.stop()

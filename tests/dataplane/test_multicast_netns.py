@@ -18,7 +18,7 @@ from ipaddress import ip_network
 import dpkt
 import pytest
 from dataplane_packets import GCM128, keys_for
-from member_pair import HOST_A, HOST_B, LAN_A, SPI, MemberPair, description, policy
+from member_pair import HOST_A, HOST_B, LAN_A, SPI, MemberPair, description, policy, running
 from netns_traffic import capture, eventually, settled
 
 from groupvpn.dataplane.channel import PolicyState
@@ -72,17 +72,8 @@ def group_policy() -> PolicyState:
 
 @pytest.fixture
 def members(lab: MemberPair) -> Iterator[tuple[Dataplane, Dataplane]]:
-    started: list[Dataplane] = []
-    try:
-        for namespace in (lab.member_a, lab.member_b):
-            dataplane = Dataplane(namespace, description(lab), workers=2)
-            dataplane.update(group_policy())
-            dataplane.start()
-            started.append(dataplane)
-        yield started[0], started[1]
-    finally:
-        for dataplane in started:
-            dataplane.stop()
+    with running(lab, description(lab), group_policy()) as pair:
+        yield pair
 
 
 def listener(lab: MemberPair, group: str) -> socket.socket:

@@ -22,7 +22,7 @@ from pathlib import Path
 import dpkt
 import pytest
 from dataplane_packets import GCM128, keys_for
-from member_pair import DENIED_PORT, HOST_A, HOST_B, SPI, MemberPair, description, ip, policy
+from member_pair import DENIED_PORT, HOST_A, HOST_B, SPI, MemberPair, description, ip, policy, running
 from netns_traffic import TIMEOUT, between_hosts, capture, eventually, ping, settled, tcp_round_trip, udp_socket
 
 from groupvpn.crypto.suites import EspKeys
@@ -54,17 +54,8 @@ def lab() -> Iterator[MemberPair]:
 
 @pytest.fixture
 def members(lab: MemberPair) -> Iterator[tuple[Dataplane, Dataplane]]:
-    started: list[Dataplane] = []
-    try:
-        for namespace in (lab.member_a, lab.member_b):
-            dataplane = Dataplane(namespace, description(lab), workers=2)
-            dataplane.update(policy(GCM128, keys_for(GCM128)))
-            dataplane.start()
-            started.append(dataplane)
-        yield started[0], started[1]
-    finally:
-        for dataplane in started:
-            dataplane.stop()
+    with running(lab, description(lab), policy(GCM128, keys_for(GCM128))) as pair:
+        yield pair
 
 
 def test_hosts_talk_through_esp_with_their_own_addresses_on_the_wan(lab: MemberPair, members) -> None:
@@ -90,8 +81,10 @@ def test_hosts_talk_through_esp_with_their_own_addresses_on_the_wan(lab: MemberP
         assert counts["workers_running"] == 2 and counts["policy_version"] == 1
         assert counts["encrypted_packets"] > 0 and counts["write_errors"] == 0
     sent_by_a = sum(1 for p in crossing if p.src == socket.inet_aton(HOST_A))
-    # equal unless a busy kernel dropped a packet between the TUNs (a backlog queue is full)
-    assert a_counts["encrypted_packets"] >= sent_by_a >= b_counts["decrypted_packets"] >= sent_by_a - 2
+    # The counters are equal unless a busy kernel dropped a packet between the TUNs (a backlog queue
+    # is full); the capture may miss a few under load, never see more than A encrypted.
+    encrypted, decrypted = a_counts["encrypted_packets"], b_counts["decrypted_packets"]
+    assert encrypted >= sent_by_a and encrypted >= decrypted >= encrypted - 2
 
 
 def test_denied_traffic_passes_in_clear(lab: MemberPair, members) -> None:
