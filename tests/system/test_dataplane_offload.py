@@ -81,7 +81,8 @@ def test_a_tcp_transfer_arrives_intact_and_the_receiving_member_writes_it_joined
     hosts = {IPv4Address(group.host(n)).packed for n in (1, 2)}
     crossing = [dpkt.ip.IP(p) for p in ipv4_packets(wan_pcap)]
     crossing = [p for p in crossing if {p.src, p.dst} == hosts]
-    assert len(crossing) > len(payload) // 1500 and all(p.p == IpProtocol.ESP for p in crossing)
+    # Only ESP crosses; how much is the members' counters' business (tcpdump can miss packets under load).
+    assert crossing and all(p.p == IpProtocol.ESP for p in crossing)
     decrypted = after[0]["decrypted_packets"] - before[0]["decrypted_packets"]
     received = after[1] - before[1]
     assert decrypted >= len(payload) // 1500  # counted per inner packet, not per write
