@@ -49,11 +49,6 @@ _CONTROL = (  # left to the kernel: link-local control block, IGMP, TTL 0 or 1
 _IP_MREQN = struct.Struct("=4s4si")  # struct ip_mreqn: group, address, interface index
 
 
-def is_multicast_v4(packet: bytes) -> bool:
-    """An IPv4 packet to 224.0.0.0/4."""
-    return packet[0] >> 4 == 4 and packet[16] >> 4 == 14
-
-
 @dataclass(frozen=True)
 class TcFilter:
     """One ingress filter: the device, its preference, and the u32 match and action after ``protocol ip``."""
